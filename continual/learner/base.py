@@ -1,0 +1,49 @@
+"""What every learner offers the training loop and the evaluator.
+
+The loop calls, in order: ``begin_experience`` once, ``observe`` once per mini-batch,
+``end_experience`` once; the evaluator calls ``scores``. Nothing else reaches into a learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from continual.registry import Registry
+
+
+@dataclass
+class Scores:
+    """What a learner says about a batch of images at evaluation time."""
+
+    class_logits: torch.Tensor  # (B, n_seen) over the categories trained so far
+    attribute_log_probs: torch.Tensor | None  # (B, A) per-attribute log-softmax, None without attribute heads
+    embedding: torch.Tensor  # (B, D) for few-shot prototypes
+
+
+class Learner(nn.Module):
+    """Base class: a model plus the rules for updating it from a stream."""
+
+    has_attributes: bool = False
+    last_batch_size: int = 0  # images in the last ``observe`` step, replay included (for throughput)
+
+    def begin_experience(self, experience: int, new_classes: list[int]) -> None:
+        """Prepare for an experience that brings ``new_classes`` (stream labels)."""
+        raise NotImplementedError
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
+        """One optimisation step on a mini-batch; returns the loss, detached, on the device."""
+        raise NotImplementedError
+
+    def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
+                       codes: torch.Tensor | None) -> None:
+        """Called with all of the experience's training data once its training is over."""
+
+    @torch.inference_mode()
+    def scores(self, x: torch.Tensor) -> Scores:
+        raise NotImplementedError
+
+
+LEARNERS: Registry[Learner] = Registry("learner")

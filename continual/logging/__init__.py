@@ -1,0 +1,1 @@
+"""Where a run's evidence goes: the run folder, the console and W&B."""

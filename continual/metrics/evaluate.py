@@ -1,0 +1,148 @@
+"""Evaluation: one batched inference pass over the test data, then every metric from its scores.
+
+All test images (stream and held-out categories) go through the learner once per evaluation;
+accuracies over different candidate sets (seen, unseen, a fine-grained pair) are argmaxes over
+columns of the same score matrices, so no image is run twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from continual.heads.compatibility import attribute_log_likelihood
+from continual.learner.base import Learner
+from continual.metrics.report import harmonic_mean, long_tail_accuracy, mean_per_class_accuracy, per_class_accuracy
+from continual.stream.stream import Stream
+
+
+@dataclass
+class EvalPass:
+    """Host-side scores of every test image after some experience."""
+
+    n_seen: int  # categories trained so far (labels 0..n_seen-1)
+    class_logits: torch.Tensor  # (M, n_seen)
+    log_likelihood: torch.Tensor | None  # (M, C) attribute compatibility of every category
+    attribute_pred: torch.Tensor | None  # (M, n_attributes) most likely value per attribute
+    embedding: torch.Tensor  # (M, D)
+
+
+@torch.inference_mode()
+def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int = 512) -> EvalPass:
+    """Score every test image once (batched, inference mode) and bring the results to the host."""
+    logits, log_liks, attr_preds, embeds = [], [], [], []
+    class_attributes = stream.class_attributes() if stream.has_attributes else None
+    for start in range(0, len(stream.test_y), batch_size):
+        s = learner.scores(stream.test_x[start:start + batch_size])
+        logits.append(s.class_logits)
+        embeds.append(s.embedding)
+        if s.attribute_log_probs is not None and class_attributes is not None:
+            log_liks.append(attribute_log_likelihood(s.attribute_log_probs, class_attributes))
+            blocks = stream.attribute_space.sizes
+            attr_preds.append(torch.stack([b.argmax(1) for b in s.attribute_log_probs.split(blocks, 1)], 1))
+    return EvalPass(
+        n_seen=n_seen,
+        class_logits=torch.cat(logits).cpu(),
+        log_likelihood=torch.cat(log_liks).cpu() if log_liks else None,
+        attribute_pred=torch.cat(attr_preds).cpu() if attr_preds else None,
+        embedding=torch.cat(embeds).cpu(),
+    )
+
+
+def _restricted_accuracy(scores: torch.Tensor, target: torch.Tensor, candidates: list[int]) -> float:
+    """Per-class accuracy when choosing only among ``candidates`` (labels)."""
+    cand = torch.tensor(candidates, dtype=torch.long)
+    pred = cand[scores[:, cand].argmax(1)]
+    return mean_per_class_accuracy(pred, target)
+
+
+def unseen_after(stream: Stream, experience: int) -> list[int]:
+    """Categories not trained on after ``experience`` (-1: before any): later ones and held-out."""
+    later = [c for e in stream.experiences[experience + 1:] for c in e]
+    return later + list(stream.heldout)
+
+
+def accuracy_row(ev: EvalPass, stream: Stream, experience: int) -> list[float]:
+    """``R[experience, j]`` for every j: class-incremental accuracy for trained experiences,
+    zero-shot accuracy (among all untrained categories) for later ones, NaN without attributes."""
+    y = stream.test_y.cpu()
+    row = []
+    for j, classes in enumerate(stream.experiences):
+        idx = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
+        if j <= experience:
+            row.append(mean_per_class_accuracy(ev.class_logits[idx].argmax(1), y[idx]))
+        elif ev.log_likelihood is not None:
+            row.append(_restricted_accuracy(ev.log_likelihood[idx], y[idx], unseen_after(stream, experience)))
+        else:
+            row.append(float("nan"))
+    return row
+
+
+def zero_shot_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
+    """Accuracy on held-out categories choosing only among held-out categories, with chance."""
+    if ev.log_likelihood is None or not stream.heldout:
+        return None
+    y = stream.test_y.cpu()
+    idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
+    acc = _restricted_accuracy(ev.log_likelihood[idx], y[idx], stream.heldout)
+    return {"accuracy": acc, "chance": 1.0 / len(stream.heldout), "n_categories": len(stream.heldout)}
+
+
+def generalised_zero_shot(ev: EvalPass, stream: Stream) -> dict | None:
+    """Choose among seen and held-out categories by attribute compatibility; seen, unseen and H."""
+    if ev.log_likelihood is None or not stream.heldout:
+        return None
+    y = stream.test_y.cpu()
+    seen = list(range(ev.n_seen))
+    candidates = seen + list(stream.heldout)
+    seen_idx = (y < ev.n_seen).nonzero().squeeze(1)
+    unseen_idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
+    s = _restricted_accuracy(ev.log_likelihood[seen_idx], y[seen_idx], candidates)
+    u = _restricted_accuracy(ev.log_likelihood[unseen_idx], y[unseen_idx], candidates)
+    return {"seen": s, "unseen": u, "harmonic": harmonic_mean(s, u)}
+
+
+def attribute_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
+    """Accuracy of each attribute head over all test images (seen and held-out categories)."""
+    if ev.attribute_pred is None:
+        return None
+    truth = stream.class_codes.cpu()[stream.test_y.cpu()]  # (M, n_attributes)
+    out = {name: float((ev.attribute_pred[:, k] == truth[:, k]).float().mean())
+           for k, name in enumerate(stream.attribute_space.names)}
+    out["mean"] = sum(out.values()) / len(out)
+    return out
+
+
+def fine_grained_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
+    """Two-way accuracy on trained pairs that differ in one attribute value, averaged over pairs."""
+    pairs = [(a, b) for a, b in stream.fine_grained_pairs if a < ev.n_seen and b < ev.n_seen]
+    if not pairs:
+        return None
+    y = stream.test_y.cpu()
+    accs = [_restricted_accuracy(ev.class_logits[idx], y[idx], [a, b])
+            for a, b in pairs
+            for idx in [torch.isin(y, torch.tensor([a, b])).nonzero().squeeze(1)]]
+    return {"accuracy": sum(accs) / len(accs), "n_pairs": len(pairs)}
+
+
+def long_tail(ev: EvalPass, stream: Stream) -> dict | None:
+    """Head / medium / tail accuracy of the trained categories, split by training image counts."""
+    y = stream.test_y.cpu()
+    idx = (y < ev.n_seen).nonzero().squeeze(1)
+    per_class = per_class_accuracy(ev.class_logits[idx].argmax(1), y[idx])
+    counts = {c: stream.train_counts[c] for c in per_class}
+    return long_tail_accuracy(per_class, counts)
+
+
+def fwt_baseline(ev_init: EvalPass, stream: Stream) -> list[float | None]:
+    """``b_j``: the randomly initialised learner's accuracy on experience j under the same
+    protocol as ``R[j-1, j]`` (zero-shot among the categories untrained at that point)."""
+    if ev_init.log_likelihood is None:
+        return [None] * stream.n_experiences
+    y = stream.test_y.cpu()
+    out = []
+    for j, classes in enumerate(stream.experiences):
+        idx = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
+        out.append(_restricted_accuracy(ev_init.log_likelihood[idx], y[idx], unseen_after(stream, j - 1)))
+    return out

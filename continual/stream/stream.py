@@ -1,0 +1,72 @@
+"""A stream of novel categories: uint8 images, stream labels and attribute descriptions.
+
+The learner trains from these tensors directly (indexing a resident tensor is the fastest
+loader there is); ``continual.avalanche_compat.to_avalanche`` exposes the same split as an
+Avalanche benchmark for stock strategies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from continual.stream.attributes import AttributeSpace
+
+
+@dataclass
+class Stream:
+    """Everything a run needs to know about its data, indexed by stream label."""
+
+    name: str
+    train_x: torch.Tensor  # (N, 3, H, W) uint8
+    train_y: torch.Tensor  # (N,) long stream labels
+    test_x: torch.Tensor  # (M, 3, H, W) uint8
+    test_y: torch.Tensor  # (M,) long stream labels (stream and held-out categories)
+    experiences: list[list[int]]  # stream labels arriving in each experience
+    heldout: list[int]  # labels never trained on (zero-shot)
+    class_names: list[str]
+    train_counts: list[int]  # training images per stream category
+    attribute_space: AttributeSpace | None = None
+    class_codes: torch.Tensor | None = None  # (C, n_attributes) long attribute values per label
+    fine_grained_pairs: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.experiences)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def has_attributes(self) -> bool:
+        return self.attribute_space is not None and self.class_codes is not None
+
+    def class_attributes(self) -> torch.Tensor:
+        """Binary attribute vectors ``(C, A)`` of every category, on the data's device."""
+        if not self.has_attributes:
+            raise ValueError(f"stream {self.name!r} has no attribute descriptions")
+        return self.attribute_space.vectors(self.class_codes.cpu()).to(self.train_x.device)
+
+    def train_indices(self, experience: int) -> torch.Tensor:
+        """Indices into ``train_x`` of the given experience's images."""
+        classes = torch.tensor(self.experiences[experience], device=self.train_y.device)
+        return torch.isin(self.train_y, classes).nonzero().squeeze(1)
+
+    def test_indices(self, classes: list[int]) -> torch.Tensor:
+        """Indices into ``test_x`` of the given categories' test images."""
+        classes_t = torch.tensor(classes, device=self.test_y.device, dtype=torch.long)
+        return torch.isin(self.test_y, classes_t).nonzero().squeeze(1)
+
+    def to(self, device: torch.device | str) -> "Stream":
+        """Move the image and label tensors (and codes) to ``device``; returns self."""
+        for name in ("train_x", "train_y", "test_x", "test_y", "class_codes"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        return self
