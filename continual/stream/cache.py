@@ -86,7 +86,7 @@ def cached_render(
     path = cache_path(codes, seed, settings, cache_dir)
     size = settings.image_size
     expected = (int(torch.as_tensor(codes).shape[0]), 3, size, size)
-    if False:
+    if path.exists():
         images = _load(path, expected)
         if images is not None:
             return images
