@@ -1,27 +1,31 @@
 """The training loop: a stream of experiences, one learner, a report card at the end.
 
 Read this file top to bottom to know what a run does. Everything it calls is explicit:
-the learner's three methods, the evaluator's functions, and the logger's methods.
+the learner's three methods, the evaluator's functions, the loggers' and the checkpointer's.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
+from continual.checkpoint import Checkpointer, LoopState
 from continual.learner.base import Learner
 from continual.metrics import evaluate as ev
 from continual.metrics.report import ReportCard, format_experience_line
 
 
 class ExperienceLogger(Protocol):
-    """Whatever records progress: the console, W&B, or nothing."""
+    """Whatever records progress: W&B, or anything else with this method."""
 
     def log_experience(self, experience: int, metrics: dict) -> None: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
@@ -32,8 +36,12 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.
 
 def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: int,
                eval_batch_size: int = 512, loggers: tuple[ExperienceLogger, ...] = (),
-               progress: bool = True, print_fn=print) -> ReportCard:
-    """Train ``learner`` on every experience of ``stream`` in order and return the report card."""
+               checkpointer: Checkpointer | None = None, progress: bool = True, print_fn=print) -> ReportCard:
+    """Train ``learner`` on every experience of ``stream`` in order and return the report card.
+
+    With a ``checkpointer`` the state is saved after every experience, and a run that finds a
+    checkpoint continues from it, giving the numbers an uninterrupted run would have given.
+    """
     if epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
     if batch_size < 2:
@@ -41,65 +49,82 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
     device = stream.train_x.device
     order = torch.Generator().manual_seed(seed)
     T = stream.n_experiences
-    R = [[math.nan] * T for _ in range(T)]
     codes_of = stream.class_codes if stream.has_attributes else None
 
-    # b_j for forward transfer: the untrained learner under the zero-shot protocol.
-    t_eval = time.perf_counter()
-    baseline = ev.fwt_baseline(ev.evaluate_pass(learner, stream, 0, eval_batch_size), stream)
-    eval_s = time.perf_counter() - t_eval
-    train_s, samples = 0.0, 0
+    if checkpointer is not None and checkpointer.exists():
+        state = checkpointer.restore(checkpointer.read(), learner, order)
+        print_fn(f"resuming from {checkpointer.path} at experience {state.next_experience + 1}/{T}")
+    else:
+        state = LoopState(T)
+        # b_j for forward transfer: the untrained learner under the zero-shot protocol.
+        t_eval = time.perf_counter()
+        state.baseline = ev.fwt_baseline(ev.evaluate_pass(learner, stream, 0, eval_batch_size), stream)
+        state.eval_s += time.perf_counter() - t_eval
 
-    steps = sum(epochs * (len(stream.train_indices(e)) // batch_size + 1) for e in range(T))
+    steps = sum(epochs * (len(stream.train_indices(e)) // batch_size + 1) for e in range(state.next_experience, T))
     bar = tqdm(total=steps, desc="training", unit="step", disable=not progress, leave=False)
-    for e, new_classes in enumerate(stream.experiences):
+    result = None
+    for e in range(state.next_experience, T):
         t0 = time.perf_counter()
-        learner.begin_experience(e, new_classes)
+        learner.begin_experience(e, stream.experiences[e])
         idx = stream.train_indices(e)
         x, y = stream.train_x[idx], stream.train_y[idx]  # this experience's data, on the device
         codes = codes_of[y] if codes_of is not None else None
         loss_sum = torch.zeros((), device=device)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step
         n_steps = 0
         for _ in range(epochs):
             for b in _batches(len(y), batch_size, order, device):
-                # No .item() here: the loss is summed on the device and read once per experience.
-                loss_sum += learner.observe(x[b], y[b], codes[b] if codes is not None else None)
+                loss = learner.observe(x[b], y[b], codes[b] if codes is not None else None)
+                # Bookkeeping stays on the device: no host sync inside the step.
+                loss_sum += loss
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), n_steps, first_bad)
                 n_steps += 1
-                samples += learner.last_batch_size
+                state.samples += learner.last_batch_size
                 bar.update(1)
+            if int(first_bad) >= 0:  # one read per epoch
+                raise NonFiniteLossError(
+                    f"non-finite loss at experience {e + 1}/{T}, step {int(first_bad) + 1} of the experience; "
+                    f"the last good checkpoint ({'none yet' if checkpointer is None or e == 0 else checkpointer.path}) "
+                    f"is kept. Lower learner.lr or check the data")
         learner.end_experience(e, x, y, codes)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_s += time.perf_counter() - t0
+        state.train_s += time.perf_counter() - t0
 
         t_eval = time.perf_counter()
         n_seen = sum(len(c) for c in stream.experiences[: e + 1])
         result = ev.evaluate_pass(learner, stream, n_seen, eval_batch_size)
-        R[e] = ev.accuracy_row(result, stream, e)
+        state.R[e] = ev.accuracy_row(result, stream, e)
         zs = ev.zero_shot_accuracy(result, stream)
-        eval_s += time.perf_counter() - t_eval
-        metrics = {"average_accuracy": sum(R[e][: e + 1]) / (e + 1),
+        state.eval_s += time.perf_counter() - t_eval
+        metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1),
                    "loss": float(loss_sum) / max(n_steps, 1),
                    "zero_shot": zs["accuracy"] if zs else None,
                    "memory_size": len(getattr(learner, "memory", ()))}
+        state.history.append(metrics)
         for logger in loggers:
-            logger.log_experience(e, {**metrics, "accuracy_row": R[e]})
-        if progress:
-            bar.clear()
-        print_fn(format_experience_line(e, R, {k: v for k, v in metrics.items() if v is not None}))
+            logger.log_experience(e, {**metrics, "accuracy_row": state.R[e]})
+        state.next_experience = e + 1
+        if checkpointer is not None:
+            checkpointer.save(learner, state, order)
+        bar.clear()
+        print_fn(format_experience_line(e, state.R, {k: v for k, v in metrics.items() if v is not None}))
     bar.close()
 
     t_eval = time.perf_counter()
+    if result is None:  # resumed after the last experience: evaluation is deterministic, redo it
+        result = ev.evaluate_pass(learner, stream, sum(len(c) for c in stream.experiences), eval_batch_size)
     card = ReportCard.from_matrix(
-        R, baseline,
+        state.R, state.baseline,
         zero_shot=ev.zero_shot_accuracy(result, stream),
         gzsl=ev.generalised_zero_shot(result, stream),
         attribute_accuracy=ev.attribute_accuracy(result, stream),
         fine_grained=ev.fine_grained_accuracy(result, stream),
         long_tail=ev.long_tail(result, stream),
     )
-    eval_s += time.perf_counter() - t_eval
-    card.timing = {"train_s": train_s, "eval_s": eval_s, "train_samples": samples,
-                   "train_samples_per_s": samples / train_s if train_s > 0 else None,
-                   "eval_share": eval_s / (train_s + eval_s)}
+    state.eval_s += time.perf_counter() - t_eval
+    card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": state.samples,
+                   "train_samples_per_s": state.samples / state.train_s if state.train_s > 0 else None,
+                   "eval_share": state.eval_s / (state.train_s + state.eval_s)}
     return card

@@ -45,5 +45,26 @@ class Learner(nn.Module):
     def scores(self, x: torch.Tensor) -> Scores:
         raise NotImplementedError
 
+    def checkpoint_state(self) -> dict:
+        """Everything needed to continue training exactly: weights, optimiser, memory.
+
+        Learners with more state (a frozen teacher, Fisher information, ...) extend this dict;
+        values must be tensors, numbers, strings or containers of them (``weights_only`` loads).
+        """
+        state = {"model": self.state_dict()}
+        if getattr(self, "optimizer", None) is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        if getattr(self, "memory", None) is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Inverse of ``checkpoint_state``."""
+        self.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "memory" in state:
+            self.memory.load_state_dict(state["memory"])
+
 
 LEARNERS: Registry[Learner] = Registry("learner")
