@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from continual.checkpoint import Checkpointer
+from continual.config import validate_config
 from continual.learner import LEARNERS
 from continual.logging.run_folder import RunFolderError, git_revision, prepare_run_dir, write_text_atomic
 from continual.loop import run_stream
@@ -26,7 +27,6 @@ from continual.memory import ClassBalancedReservoir
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
 from continual.stream import build_stream
 
-TOP_LEVEL_KEYS = {"seed", "device", "progress", "train", "eval", "benchmark", "learner", "memory", "logger"}
 # Keys that change how a run is shown, not what it computes: a resumed run may change them.
 PRESENTATION_KEYS = ("progress", "logger")
 MIN_FREE_BYTES = 100 * 2**20  # checkpoints, report and W&B files of a default run are ~10 MB
@@ -62,18 +62,11 @@ def _first_difference(old: object, new: object, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
 
 
-def _check_keys(cfg: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"unknown config key {where}{unknown[0]}; known: {sorted(allowed)}")
-
-
 def build_learner(cfg: dict, stream, device: torch.device):
     """The learner named by ``learner.name`` with its replay memory, on ``device``."""
     learner_cfg = dict(cfg["learner"])
     name = learner_cfg.pop("name")
     memory_cfg = dict(cfg.get("memory") or {})
-    _check_keys(memory_cfg, {"size"}, "memory.")
     n_attr = len(stream.attribute_space.names) if stream.has_attributes else 0
     memory = ClassBalancedReservoir(int(memory_cfg.get("size", 0)), stream.image_shape, n_attr,
                                     device=device, seed=cfg["seed"])
@@ -110,7 +103,7 @@ def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
 def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print) -> ReportCard:
     """Run one experiment described by a plain (resolved) config dict into ``run_dir``."""
     t_start = time.perf_counter()
-    _check_keys(cfg, TOP_LEVEL_KEYS, "")
+    validate_config(cfg)
     run_dir = prepare_run_dir(run_dir)
     if _claim_run_dir(cfg, run_dir):
         card = ReportCard.from_dict(json.loads((run_dir / "report.json").read_text()))
@@ -131,7 +124,6 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print) -> ReportCard
 
     loggers = []
     wandb_cfg = dict((cfg.get("logger") or {}).get("wandb") or {})
-    _check_keys(wandb_cfg, {"mode", "project", "group", "tags"}, "logger.wandb.")
     if wandb_cfg.get("mode", "offline") != "disabled":
         from continual.logging.wandb_logger import WandbLogger
 

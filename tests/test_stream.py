@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from continual.stream.attributes import WORLD_ATTRIBUTES as SPACE
@@ -123,3 +125,26 @@ def test_stock_avalanche_strategy_trains_on_the_stream(stream):
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert isinstance(results, dict)
     assert torch.isfinite(strategy.loss).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_exp=st.integers(1, 8), per_exp=st.integers(1, 10), heldout=st.integers(0, 12),
+       exponent=st.floats(0.0, 2.5), n_max=st.integers(1, 300), siblings=st.floats(0.0, 1.0),
+       seed=st.integers(0, 10_000))
+def test_any_valid_settings_give_a_sound_split(n_exp, per_exp, heldout, exponent, n_max, siblings, seed):
+    s = SplitSettings(n_experiences=n_exp, categories_per_experience=per_exp, n_heldout=heldout,
+                      train_per_category=n_max, min_train_per_category=1, long_tail_exponent=exponent,
+                      sibling_fraction=siblings, seed=seed)
+    try:
+        split = draw_split(SPACE, s)
+    except ValueError as err:  # few stream categories leave too few new combinations: said clearly
+        assert heldout > 0 and "lower benchmark.n_heldout" in str(err)
+        return
+    flat = [c for e in split.experiences for c in e]
+    assert len(flat) == len(set(flat)) == n_exp * per_exp  # disjoint experiences
+    assert not set(flat) & set(split.heldout)
+    codes = [tuple(c) for c in split.codes.tolist()]
+    assert len(set(codes)) == len(codes)
+    ranked = sorted(split.train_counts, reverse=True)
+    assert ranked == zipf_counts(len(flat), n_max, exponent, 1)  # counts are a permutation of Zipf
+    assert all(a >= b for a, b in zip(ranked, ranked[1:]))  # monotone in rank

@@ -111,18 +111,15 @@ def draw_split(space: AttributeSpace, settings: SplitSettings) -> CategorySplit:
     stream_codes = [chosen[i] for i in order]
 
     # Held-out: unused combinations whose every value is seen in training (new combinations only).
-    seen_values = [{c[k] for c in stream_codes} for k in range(len(sizes))]
-    heldout_codes: list[tuple[int, ...]] = []
-    attempts = 0
-    while len(heldout_codes) < settings.n_heldout:
-        attempts += 1
-        if attempts > 100_000:
-            raise ValueError("benchmark.n_heldout: could not find enough unseen combinations of seen values")
-        code = random_code()
-        if code in taken or not all(code[k] in seen_values[k] for k in range(len(sizes))):
-            continue
-        heldout_codes.append(code)
-        taken.add(code)
+    seen_values = [sorted({c[k] for c in stream_codes}) for k in range(len(sizes))]
+    candidates = [c for c in itertools.product(*seen_values) if c not in taken]
+    if len(candidates) < settings.n_heldout:
+        raise ValueError(
+            f"benchmark.n_heldout={settings.n_heldout}, but the {n_stream} stream categories leave only "
+            f"{len(candidates)} new combinations of seen attribute values; lower benchmark.n_heldout or "
+            f"add stream categories")
+    pick = torch.randperm(len(candidates), generator=g)[: settings.n_heldout].tolist()
+    heldout_codes = [candidates[i] for i in pick]
 
     k = settings.categories_per_experience
     experiences = [list(range(e * k, (e + 1) * k)) for e in range(settings.n_experiences)]

@@ -1,0 +1,122 @@
+"""Config validation: every key known, every value of the right type, before any work starts.
+
+The schema is the code itself: dataclass fields of the benchmark settings and the annotated
+constructor arguments of the registered learner, plus the few top-level keys below. An
+unknown key, a wrong type or an impossible value fails with a message naming ``group.key``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Callable
+
+# Top-level keys and the types of their leaves; `benchmark` and `learner` are checked per name.
+TOP_LEVEL: dict[str, Any] = {
+    "seed": int, "device": str, "progress": bool,
+    "train": {"epochs": int, "batch_size": int},
+    "eval": {"batch_size": int},
+    "memory": {"size": int},
+    "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "tags": list}},
+    "benchmark": dict, "learner": dict,
+}
+# Arguments the experiment passes to every learner itself; not config keys.
+LEARNER_INJECTED = {"n_classes", "image_shape", "class_attributes", "attribute_blocks", "memory"}
+
+
+class ConfigError(ValueError):
+    """A config key that is unknown, of the wrong type, or impossible."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple) or tp in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_value(key: str, value: Any, tp: Any) -> None:
+    """Raise ConfigError naming ``key`` when ``value`` is not of type ``tp``."""
+    if not _matches(value, tp):
+        raise ConfigError(f"config key {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def check_tree(cfg: dict, schema: dict, prefix: str = "") -> None:
+    """Check a nested dict against a nested schema of types: unknown keys and wrong types fail."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.')} must be a mapping, got {cfg!r}")
+    for key, value in cfg.items():
+        if key not in schema:
+            raise ConfigError(f"unknown config key {prefix}{key}; known: {sorted(schema)}")
+        sub = schema[key]
+        if isinstance(sub, dict):
+            check_tree(value, sub, f"{prefix}{key}.")
+        else:
+            check_value(f"{prefix}{key}", value, sub)
+
+
+def dataclass_schema(cls: type) -> dict:
+    """A schema from a dataclass: nested dataclasses become nested schemas."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out[f.name] = dataclass_schema(tp) if dataclasses.is_dataclass(tp) else tp
+    return out
+
+
+def signature_schema(factory: Callable, skip: set[str] = frozenset()) -> dict:
+    """A schema from a factory's annotated keyword arguments."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    hints = typing.get_type_hints(target)
+    params = inspect.signature(factory).parameters
+    return {name: hints.get(name, Any) for name, p in params.items()
+            if name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def validate_config(cfg: dict) -> None:
+    """Check a whole resolved config; raises ConfigError naming the first bad key."""
+    from continual.learner import LEARNERS
+    from continual.stream import BENCHMARKS
+
+    check_tree(cfg, TOP_LEVEL)
+    for group, registry in (("benchmark", BENCHMARKS), ("learner", LEARNERS)):
+        section = cfg.get(group)
+        if section is None or "name" not in section:
+            raise ConfigError(f"config key {group}.name is missing")
+        try:
+            factory = registry.get(section["name"])
+        except KeyError as err:
+            raise ConfigError(f"config key {group}.name: {err.args[0]}") from None
+        schema = getattr(factory, "config_schema", None)
+        if schema is None and any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
+            continue  # a factory taking **cfg without a schema checks its own keys
+        schema = schema() if callable(schema) else signature_schema(factory, LEARNER_INJECTED)
+        check_tree({k: v for k, v in section.items() if k != "name"}, schema, f"{group}.")
+        if hasattr(factory, "check_config"):
+            factory.check_config(**{k: v for k, v in section.items() if k != "name"})
+    minimum = {"train.epochs": 1, "train.batch_size": 2, "eval.batch_size": 1, "memory.size": 0}
+    for key, low in minimum.items():
+        group, name = key.split(".")
+        if name not in cfg.get(group, {}):
+            raise ConfigError(f"config key {key} is missing")
+        if cfg[group][name] < low:
+            raise ConfigError(f"config key {key} must be >= {low}, got {cfg[group][name]}")
