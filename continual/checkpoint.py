@@ -36,6 +36,7 @@ class LoopState:
     R: list[list[float]] = field(default_factory=list)
     baseline: list[float | None] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # per-experience metrics as logged
+    learning_curves: list[dict] = field(default_factory=list)  # per experience: {"k": accuracy}
     train_s: float = 0.0
     eval_s: float = 0.0
     samples: int = 0

@@ -17,7 +17,7 @@ from typing import Any, Callable
 TOP_LEVEL: dict[str, Any] = {
     "seed": int, "device": str, "progress": bool,
     "train": {"epochs": int, "batch_size": int},
-    "eval": {"batch_size": int},
+    "eval": {"batch_size": int, "learning_speed": bool},
     "memory": {"size": int},
     "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "tags": list}},
     "benchmark": dict, "learner": dict,

@@ -133,7 +133,8 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print) -> ReportCard
         card = run_stream(learner, stream, epochs=int(cfg["train"]["epochs"]),
                           batch_size=int(cfg["train"]["batch_size"]), seed=seed,
                           eval_batch_size=int(cfg["eval"]["batch_size"]), loggers=tuple(loggers),
-                          checkpointer=checkpointer, progress=bool(cfg.get("progress", True)), print_fn=print_fn)
+                          checkpointer=checkpointer, learning_speed=bool(cfg["eval"].get("learning_speed", True)),
+                          progress=bool(cfg.get("progress", True)), print_fn=print_fn)
         card.timing["wall_s"] = time.perf_counter() - t_start
         save_heatmap(card.matrix(), run_dir / "accuracy_matrix.png", title=f"{cfg['learner']['name']} on {stream.name}")
         for logger in loggers:

@@ -28,15 +28,27 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """Shuffled index batches; a trailing batch of one is dropped (batch norm needs two)."""
-    perm = torch.randperm(n, generator=generator).to(device)
-    return [b for b in perm.split(batch_size) if len(b) > 1]
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Shuffled index batches on the device and the same on the host (for bookkeeping without a
+    sync); a trailing batch of one is dropped (batch norm needs two)."""
+    perm = torch.randperm(n, generator=generator)
+    host = [b for b in perm.split(batch_size) if len(b) > 1]
+    on_device = perm.to(device)  # one copy per epoch, not one per step
+    return [b for b in on_device.split(batch_size) if len(b) > 1], host
+
+
+def _sample_curve(curve: dict, k: int, learner: Learner, stream, e: int, batch_size: int) -> float:
+    """Record accuracy on experience ``e``'s categories after ``k`` examples; returns seconds spent."""
+    t = time.perf_counter()
+    curve[str(k)] = ev.new_category_accuracy(learner, stream, stream.experiences[e], batch_size)
+    return time.perf_counter() - t
 
 
 def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: int,
                eval_batch_size: int = 512, loggers: tuple[ExperienceLogger, ...] = (),
-               checkpointer: Checkpointer | None = None, progress: bool = True, print_fn=print) -> ReportCard:
+               checkpointer: Checkpointer | None = None, learning_speed: bool = True, progress: bool = True,
+               print_fn=print) -> ReportCard:
     """Train ``learner`` on every experience of ``stream`` in order and return the report card.
 
     With a ``checkpointer`` the state is saved after every experience, and a run that finds a
@@ -73,8 +85,14 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         loss_sum = torch.zeros((), device=device)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step
         n_steps = 0
-        for _ in range(epochs):
-            for b in _batches(len(y), batch_size, order, device):
+        curve: dict[str, float] = {}  # accuracy on the new categories after k examples of each
+        curve_s = 0.0  # time spent sampling it counts as evaluation, not training
+        for epoch in range(epochs):
+            batches, host_batches = _batches(len(y), batch_size, order, device)
+            milestones = ev.milestone_steps(host_batches, y.cpu()) if epoch == 0 and learning_speed else {}
+            if 0 in milestones:  # k = 0: the classifier as started from the description alone
+                curve_s += _sample_curve(curve, 0, learner, stream, e, eval_batch_size)
+            for step, b in enumerate(batches, start=1):
                 loss = learner.observe(x[b], y[b], codes[b] if codes is not None else None)
                 # Bookkeeping stays on the device: no host sync inside the step.
                 loss_sum += loss
@@ -82,6 +100,8 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
                 n_steps += 1
                 state.samples += learner.last_batch_size
                 bar.update(1)
+                for k in [k for k, at in milestones.items() if at == step]:
+                    curve_s += _sample_curve(curve, k, learner, stream, e, eval_batch_size)
             if int(first_bad) >= 0:  # one read per epoch
                 raise NonFiniteLossError(
                     f"non-finite loss at experience {e + 1}/{T}, step {int(first_bad) + 1} of the experience; "
@@ -90,7 +110,8 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         learner.end_experience(e, x, y, codes)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        state.train_s += time.perf_counter() - t0
+        state.train_s += time.perf_counter() - t0 - curve_s
+        state.eval_s += curve_s
 
         t_eval = time.perf_counter()
         n_seen = sum(len(c) for c in stream.experiences[: e + 1])
@@ -103,6 +124,8 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
                    "zero_shot": zs["accuracy"] if zs else None,
                    "memory_size": len(getattr(learner, "memory", ()))}
         state.history.append(metrics)
+        if curve:
+            state.learning_curves.append(curve)
         for logger in loggers:
             logger.log_experience(e, {**metrics, "accuracy_row": state.R[e]})
         state.next_experience = e + 1
@@ -122,6 +145,7 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         attribute_accuracy=ev.attribute_accuracy(result, stream),
         fine_grained=ev.fine_grained_accuracy(result, stream),
         long_tail=ev.long_tail(result, stream),
+        learning_speed=ev.learning_speed_summary(state.learning_curves),
     )
     state.eval_s += time.perf_counter() - t_eval
     card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": state.samples,

@@ -13,7 +13,7 @@ from continual.experiment import run_experiment
 from continual.logging.wandb_records import find_offline_run_file, read_offline_run
 from tests.conftest import ROOT, TINY, compose_config
 
-REPORT_KEYS = {"accuracy_matrix", "average_accuracy", "forgetting", "bwt", "fwt", "zero_shot", "gzsl",
+REPORT_KEYS = {"accuracy_matrix", "average_accuracy", "forgetting", "bwt", "fwt", "zero_shot", "gzsl", "learning_speed",
                "attribute_accuracy", "fine_grained", "long_tail", "timing"}
 
 
@@ -38,6 +38,8 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path, world_cache):
     assert all(0.0 <= v <= 1.0 for v in _fractions(report))
     assert report["zero_shot"]["chance"] == pytest.approx(1 / cfg["benchmark"]["n_heldout"])
     assert set(report["long_tail"]) >= {"head", "medium", "tail"}  # long-tailed stream
+    assert {"k0", "k1", "k5", "k10", "area"} <= set(report["learning_speed"])
+    assert all(0.0 <= v <= 1.0 for v in report["learning_speed"].values())
     assert report["timing"]["wall_s"] > 0 and report["timing"]["train_samples_per_s"] > 0
     assert json.loads((run_dir / "config.json").read_text()) == cfg
     assert "commit" in json.loads((run_dir / "git.json").read_text())

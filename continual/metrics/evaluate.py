@@ -146,3 +146,46 @@ def fwt_baseline(ev_init: EvalPass, stream: Stream) -> list[float | None]:
         idx = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
         out.append(_restricted_accuracy(ev_init.log_likelihood[idx], y[idx], unseen_after(stream, j - 1)))
     return out
+
+
+LEARNING_SPEED_KS = (0, 1, 5, 10)
+
+
+def milestone_steps(batches: list[torch.Tensor], labels: torch.Tensor, ks: tuple[int, ...] = LEARNING_SPEED_KS
+                    ) -> dict[int, int]:
+    """For each k, the number of steps after which every category of the experience has been seen
+    ``k`` times (or all of its images, when it has fewer): where its learning curve is sampled.
+
+    ``batches`` are the first epoch's index batches and ``labels`` the experience's labels, on the host.
+    """
+    classes, totals = torch.unique(labels, return_counts=True)
+    seen = torch.zeros(len(classes), dtype=torch.long)
+    out = {k: 0 for k in ks if k == 0}
+    for step, b in enumerate(batches, start=1):
+        seen += (labels[b].unsqueeze(1) == classes).sum(0)
+        for k in ks:
+            if k not in out and bool((seen >= torch.clamp(totals, max=k)).all()):
+                out[k] = step
+        if len(out) == len(ks):
+            break
+    return out
+
+
+@torch.inference_mode()
+def new_category_accuracy(learner: Learner, stream: Stream, classes: list[int], batch_size: int = 512) -> float:
+    """Class-incremental accuracy on ``classes``' test images (choosing among all categories so far)."""
+    idx = stream.test_indices(classes)
+    preds = [learner.scores(stream.test_x[idx[s:s + batch_size]]).class_logits.argmax(1)
+             for s in range(0, len(idx), batch_size)]
+    return mean_per_class_accuracy(torch.cat(preds).cpu(), stream.test_y[idx].cpu())
+
+
+def learning_speed_summary(curves: list[dict]) -> dict | None:
+    """Mean over experiences of the accuracy after k examples, and the normalised area under it
+    (trapezoids over k = 0..10, divided by 10; in the spirit of A-GEM's learning curve area)."""
+    if not curves:
+        return None
+    ks = sorted({int(k) for c in curves for k in c})
+    mean = {k: sum(c[str(k)] for c in curves if str(k) in c) / sum(str(k) in c for c in curves) for k in ks}
+    area = sum((mean[a] + mean[b]) / 2 * (b - a) for a, b in zip(ks, ks[1:])) / (ks[-1] - ks[0]) if len(ks) > 1 else None
+    return {**{f"k{k}": v for k, v in mean.items()}, "area": area}

@@ -243,6 +243,8 @@ class ReportCard:
     attribute_accuracy: dict | None = None  # {attribute name: accuracy, ..., "mean": accuracy}
     fine_grained: dict | None = None  # {"accuracy", "n_pairs"}
     long_tail: dict | None = None  # output of long_tail_accuracy
+    learning_speed: dict | None = None  # {"k0", "k1", "k5", "k10", "area"}: accuracy after k examples
+    few_shot: dict | None = None  # {"5way_1shot": {"accuracy", "ci95", ...}, ...} on never-trained categories
     timing: dict | None = None  # {"wall_s", "train_samples_per_s", "eval_share" (fraction)}
     extra: dict = field(default_factory=dict)  # later metrics, by name
 
@@ -445,6 +447,23 @@ def format_report(card: ReportCard) -> str:
             f"head {_pct(lt.get('head'))}  medium {_pct(lt.get('medium'))}  "
             f"tail {_pct(lt.get('tail'))}  (head >= {th.get('head_min_count', '?')} imgs, "
             f"tail <= {th.get('tail_max_count', '?')} imgs)")
+
+    ls = card.learning_speed
+    if ls is None:
+        row("learning speed", _MISSING)
+    else:
+        points = "  ".join(f"k={k[1:]} {_pct(v)}" for k, v in ls.items() if k.startswith("k") and v is not None)
+        row("learning speed (new cats)", f"{points}  (area {_pct(ls.get('area'))})")
+
+    fs = card.few_shot
+    if not fs:
+        row("few-shot (never trained)", _MISSING)
+    else:
+        for name, res in fs.items():
+            if isinstance(res, dict) and res.get("accuracy") is not None:
+                row(f"few-shot {name.replace('_', ' ')}",
+                    f"{_pct(res['accuracy'])} ± {_pct(res.get('ci95'))}  ({res.get('episodes', '?')} episodes, "
+                    f"{res.get('n_classes', '?')} never-trained categories)")
 
     tm = card.timing or {}
     parts = []
