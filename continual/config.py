@@ -17,7 +17,8 @@ from typing import Any, Callable
 TOP_LEVEL: dict[str, Any] = {
     "seed": int, "device": str, "progress": bool,
     "train": {"epochs": int, "batch_size": int},
-    "eval": {"batch_size": int, "learning_speed": bool},
+    "eval": {"batch_size": int, "learning_speed": bool,
+             "few_shot": {"n_way": int, "shots": list, "n_query": int, "episodes": int, "every_experience": bool}},
     "memory": {"size": int},
     "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "tags": list}},
     "benchmark": dict, "learner": dict,

@@ -134,6 +134,7 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print) -> ReportCard
                           batch_size=int(cfg["train"]["batch_size"]), seed=seed,
                           eval_batch_size=int(cfg["eval"]["batch_size"]), loggers=tuple(loggers),
                           checkpointer=checkpointer, learning_speed=bool(cfg["eval"].get("learning_speed", True)),
+                          few_shot=cfg["eval"].get("few_shot"),
                           progress=bool(cfg.get("progress", True)), print_fn=print_fn)
         card.timing["wall_s"] = time.perf_counter() - t_start
         save_heatmap(card.matrix(), run_dir / "accuracy_matrix.png", title=f"{cfg['learner']['name']} on {stream.name}")

@@ -47,8 +47,8 @@ def _sample_curve(curve: dict, k: int, learner: Learner, stream, e: int, batch_s
 
 def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: int,
                eval_batch_size: int = 512, loggers: tuple[ExperienceLogger, ...] = (),
-               checkpointer: Checkpointer | None = None, learning_speed: bool = True, progress: bool = True,
-               print_fn=print) -> ReportCard:
+               checkpointer: Checkpointer | None = None, learning_speed: bool = True,
+               few_shot: dict | None = None, progress: bool = True, print_fn=print) -> ReportCard:
     """Train ``learner`` on every experience of ``stream`` in order and return the report card.
 
     With a ``checkpointer`` the state is saved after every experience, and a run that finds a
@@ -118,11 +118,13 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         result = ev.evaluate_pass(learner, stream, n_seen, eval_batch_size)
         state.R[e] = ev.accuracy_row(result, stream, e)
         zs = ev.zero_shot_accuracy(result, stream)
+        fs = ev.few_shot(result, stream, few_shot, seed) if few_shot and few_shot.get("every_experience") else None
         state.eval_s += time.perf_counter() - t_eval
         metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1),
                    "loss": float(loss_sum) / max(n_steps, 1),
                    "zero_shot": zs["accuracy"] if zs else None,
-                   "memory_size": len(getattr(learner, "memory", ()))}
+                   "memory_size": len(getattr(learner, "memory", ())),
+                   **{f"few_shot/{name}": r["accuracy"] for name, r in (fs or {}).items()}}
         state.history.append(metrics)
         if curve:
             state.learning_curves.append(curve)
@@ -146,6 +148,7 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         fine_grained=ev.fine_grained_accuracy(result, stream),
         long_tail=ev.long_tail(result, stream),
         learning_speed=ev.learning_speed_summary(state.learning_curves),
+        few_shot=ev.few_shot(result, stream, few_shot, seed),
     )
     state.eval_s += time.perf_counter() - t_eval
     card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": state.samples,

@@ -40,6 +40,9 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path, world_cache):
     assert set(report["long_tail"]) >= {"head", "medium", "tail"}  # long-tailed stream
     assert {"k0", "k1", "k5", "k10", "area"} <= set(report["learning_speed"])
     assert all(0.0 <= v <= 1.0 for v in report["learning_speed"].values())
+    n_heldout = cfg["benchmark"]["n_heldout"]
+    assert set(report["few_shot"]) == {f"{n_heldout}way_1shot", f"{n_heldout}way_5shot"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["ci95"] > 0 for r in report["few_shot"].values())
     assert report["timing"]["wall_s"] > 0 and report["timing"]["train_samples_per_s"] > 0
     assert json.loads((run_dir / "config.json").read_text()) == cfg
     assert "commit" in json.loads((run_dir / "git.json").read_text())

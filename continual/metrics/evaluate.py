@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from continual.heads.compatibility import attribute_log_likelihood
+from continual.metrics.few_shot import few_shot_report
 from continual.learner.base import Learner
 from continual.metrics.report import harmonic_mean, long_tail_accuracy, mean_per_class_accuracy, per_class_accuracy
 from continual.stream.stream import Stream
@@ -189,3 +190,18 @@ def learning_speed_summary(curves: list[dict]) -> dict | None:
     mean = {k: sum(c[str(k)] for c in curves if str(k) in c) / sum(str(k) in c for c in curves) for k in ks}
     area = sum((mean[a] + mean[b]) / 2 * (b - a) for a, b in zip(ks, ks[1:])) / (ks[-1] - ks[0]) if len(ks) > 1 else None
     return {**{f"k{k}": v for k, v in mean.items()}, "area": area}
+
+
+def few_shot(ev: EvalPass, stream: Stream, settings: dict | None, seed: int) -> dict | None:
+    """N-way K-shot nearest-prototype accuracy on the held-out (never trained) categories'
+    test embeddings; None without held-out categories or settings."""
+    if not settings or len(stream.heldout) < 2:
+        return None
+    y = stream.test_y.cpu()
+    idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
+    out = few_shot_report(ev.embedding[idx], y[idx], list(stream.heldout), shots=tuple(settings["shots"]),
+                          n_way=settings["n_way"], n_query=settings["n_query"],
+                          n_episodes=settings["episodes"], seed=seed)
+    for res in out.values():
+        res["n_classes"] = len(stream.heldout)
+    return out or None

@@ -15,6 +15,51 @@ def _world(**cfg) -> Stream:
     return build_world_stream(world_settings_from_dict(cfg))
 
 
+def _world_schema() -> dict:
+    from continual.config import dataclass_schema
+    from continual.stream.render import RenderSettings
+    from continual.stream.split import SplitSettings
+
+    return {**dataclass_schema(SplitSettings), "render": dataclass_schema(RenderSettings), "cache_dir": str | None}
+
+
+def _world_check(**cfg) -> None:
+    from continual.stream.attributes import WORLD_ATTRIBUTES
+    from continual.stream.split import draw_split
+    from continual.stream.world import world_settings_from_dict
+
+    draw_split(WORLD_ATTRIBUTES, world_settings_from_dict(cfg).split)  # bookkeeping only, no pixels
+
+
+_world.config_schema = _world_schema
+_world.check_config = _world_check  # impossible values fail before the run folder is touched
+
+
+@BENCHMARKS.register("omniglot")
+def _omniglot(**cfg) -> Stream:
+    from continual.stream.omniglot import omniglot_stream_from_dict
+
+    return omniglot_stream_from_dict(cfg)
+
+
+def _omniglot_schema() -> dict:
+    from continual.config import signature_schema
+    from continual.stream.omniglot import build_omniglot_stream
+
+    return signature_schema(build_omniglot_stream)
+
+
+def _omniglot_check(**cfg) -> None:
+    from continual.stream.omniglot import check_omniglot_settings
+
+    keys = ("n_experiences", "train_drawers", "heldout_per_alphabet", "image_size")
+    check_omniglot_settings(**{k: cfg[k] for k in keys if k in cfg})  # no file is read
+
+
+_omniglot.config_schema = _omniglot_schema
+_omniglot.check_config = _omniglot_check
+
+
 def build_stream(cfg: dict) -> Stream:
     """Build the stream named by ``cfg['name']`` from the rest of the ``benchmark`` config."""
     cfg = dict(cfg)
