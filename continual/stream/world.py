@@ -65,4 +65,8 @@ def world_settings_from_dict(cfg: dict) -> WorldSettings:
             raise ValueError(f"unknown config key benchmark.{key}; known: {sorted(split_keys | {'render', 'cache_dir'})}")
     for key in render_keys.symmetric_difference(render_keys | set(render_cfg)):
         raise ValueError(f"unknown config key benchmark.render.{key}; known: {sorted(render_keys)}")
-    return WorldSettings(SplitSettings(**cfg), RenderSettings(**render_cfg), cache_dir)
+    try:
+        render = RenderSettings(**render_cfg)
+    except ValueError as err:  # name the config key, not the dataclass
+        raise ValueError(f"config key benchmark.render: {err}") from None
+    return WorldSettings(SplitSettings(**cfg), render, cache_dir)
