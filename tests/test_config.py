@@ -14,7 +14,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["benchmark", "learner", "memory", "logger"])
+@pytest.mark.parametrize("group", ["benchmark", "learner", "memory", "logger", "experiment"])
 def test_every_config_option_composes_and_validates(group):
     for option in _options(group):
         validate_config(compose_config([f"{group}={option}"]))

@@ -148,3 +148,24 @@ def test_any_valid_settings_give_a_sound_split(n_exp, per_exp, heldout, exponent
     ranked = sorted(split.train_counts, reverse=True)
     assert ranked == zipf_counts(len(flat), n_max, exponent, 1)  # counts are a permutation of Zipf
     assert all(a >= b for a, b in zip(ranked, ranked[1:]))  # monotone in rank
+
+
+def test_zero_shot_is_not_reported_when_descriptions_do_not_tell_categories_apart(stream):
+    import copy
+
+    from continual.learner import LEARNERS
+    from continual.memory import ClassBalancedReservoir
+    from continual.metrics import evaluate as ev
+
+    twin = copy.copy(stream)
+    twin.class_codes = stream.class_codes.clone()
+    twin.class_codes[stream.heldout[1]] = twin.class_codes[stream.heldout[0]]  # two identical descriptions
+    for s, expect_zero_shot in ((stream, True), (twin, False)):
+        learner = LEARNERS.build("child", n_classes=s.n_classes, image_shape=s.image_shape,
+                                 class_attributes=s.class_attributes(), attribute_blocks=SPACE.sizes,
+                                 memory=ClassBalancedReservoir(0, s.image_shape, 4),
+                                 backbone_args={"width": 8, "embed_dim": 16})
+        learner.begin_experience(0, s.experiences[0])
+        result = ev.evaluate_pass(learner, s, len(s.experiences[0]))
+        assert (ev.zero_shot_accuracy(result, s) is not None) == expect_zero_shot
+        assert ev.attribute_accuracy(result, s) is not None

@@ -42,10 +42,13 @@ def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int
             log_liks.append(attribute_log_likelihood(s.attribute_log_probs, class_attributes))
             blocks = stream.attribute_space.sizes
             attr_preds.append(torch.stack([b.argmax(1) for b in s.attribute_log_probs.split(blocks, 1)], 1))
+    # Zero-shot needs descriptions that tell categories apart (Omniglot's one attribute, the
+    # alphabet, does not): otherwise ties decide, and the scores are not reported.
+    distinct = class_attributes is not None and len(torch.unique(class_attributes, dim=0)) == len(class_attributes)
     return EvalPass(
         n_seen=n_seen,
         class_logits=torch.cat(logits).cpu(),
-        log_likelihood=torch.cat(log_liks).cpu() if log_liks else None,
+        log_likelihood=torch.cat(log_liks).cpu() if log_liks and distinct else None,
         attribute_pred=torch.cat(attr_preds).cpu() if attr_preds else None,
         embedding=torch.cat(embeds).cpu(),
     )
