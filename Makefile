@@ -10,5 +10,9 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest -q $(ARGS)
 
+# Speed: our learner vs a plain PyTorch loop vs Avalanche, rendering, eval share, memory (2-4 min on 2 CPU cores).
+bench: setup
+	.venv/bin/python experiments/bench.py $(ARGS)
+
 clean:
 	rm -rf runs outputs multirun wandb .cache
