@@ -41,20 +41,26 @@ def config_for(learner: str, seed: int) -> dict:
     return cfg
 
 
-def _mean_std(values: list[float | None], pct: bool = True) -> str:
+def _mean_std(values: list[float | None]) -> str:
     """``mean ± std`` over seeds (sample std, n - 1), in percent; ``n/a`` when a value is missing."""
     if not values or any(v is None for v in values):
         return "n/a"
-    scale = 100.0 if pct else 1.0
-    mean = statistics.fmean(values) * scale
+    mean = 100 * statistics.fmean(values)
     if len(values) == 1:
         return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _spread(values: list[float]) -> str:
+    """``median (min-max)``: wall times on a shared machine have outliers a mean would hide behind."""
+    if len(values) == 1:
+        return f"{values[0]:.0f}"
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
 
 
 def table(reports: dict[str, list[dict]]) -> str:
     """Markdown table, best final average accuracy first. Accuracies in percent."""
-    rows = ["| learner | A_T (%) | forgetting (pts) | BWT (pts) | zero-shot (%) | wall s / run |",
+    rows = ["| learner | A_T (%) | forgetting (pts) | BWT (pts) | zero-shot (%) | wall s / run, median (min-max) |",
             "|---|---|---|---|---|---|"]
     order = sorted(reports, key=lambda n: -statistics.fmean(r["average_accuracy"] for r in reports[n]))
     for name in order:
@@ -62,7 +68,7 @@ def table(reports: dict[str, list[dict]]) -> str:
         zs = [r["zero_shot"]["accuracy"] if r.get("zero_shot") else None for r in rs]
         rows.append(f"| {name} | {_mean_std([r['average_accuracy'] for r in rs])} "
                     f"| {_mean_std([r['forgetting'] for r in rs])} | {_mean_std([r['bwt'] for r in rs])} "
-                    f"| {_mean_std(zs)} | {_mean_std([r['timing']['wall_s'] for r in rs], pct=False)} |")
+                    f"| {_mean_std(zs)} | {_spread([r['timing']['wall_s'] for r in rs])} |")
     return "\n".join(rows)
 
 
