@@ -12,26 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from continual.learner.base import LEARNERS
-from continual.learner.common import (ClassifierLearner, check_non_negative, masked_cross_entropy,
-                                      present_classes_mask)
-from continual.memory import ClassBalancedReservoir
+from continual.learner.common import masked_cross_entropy, present_classes_mask
+from continual.learner.er import ERLearner
 
 
 @LEARNERS.register("er_ace")
-class ERACELearner(ClassifierLearner):
-    """``CE(current | classes in the current batch) + CE(replay | all seen classes)``. Class-only."""
+class ERACELearner(ERLearner):
+    """``CE(current | classes in the current batch) + CE(replay | all seen classes)``. Class-only.
 
-    def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
-                 memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
-                 attribute_blocks: tuple[int, ...] | None = None, replay_batch_size: int = 32,
-                 backbone: str = "small_cnn", backbone_args: dict | None = None, optimizer: str = "adam",
-                 lr: float = 1e-3, weight_decay: float = 0.0, amp: bool = True, channels_last: bool = False) -> None:
-        check_non_negative(replay_batch_size=replay_batch_size)
-        super().__init__(n_classes=n_classes, image_shape=image_shape, backbone=backbone,
-                         backbone_args=backbone_args, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                         amp=amp, channels_last=channels_last)
-        self.memory = memory
-        self.replay_batch_size = replay_batch_size
+    Same construction (and config keys) as ER; only the loss differs.
+    """
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         self.train()
