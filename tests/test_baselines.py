@@ -12,6 +12,7 @@ import torch
 
 from continual.experiment import build_learner, run_experiment, seed_everything
 from continual.learner import LEARNERS
+from continual.learner.er_ace import RecentReservoir
 from continual.learner.icarl import herding_order
 from continual.memory import ClassBalancedReservoir
 from continual.memory.logits import LogitReservoir
@@ -45,6 +46,10 @@ def test_learner_runs_the_whole_pipeline(name, tmp_path, world_cache):
     else:
         assert all(m is None for m in attribute_metrics)
         assert all(math.isnan(R[i, j]) for i in range(T) for j in range(i + 1, T))  # no zero-shot cells
+    # Same seed, same numbers: nothing in the learner depends on thread timing or unseeded draws.
+    again = run_experiment(cfg, tmp_path / "again", print_fn=lambda _: None).to_dict()
+    first = card.to_dict()
+    assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}
 
 
 def _drive(learner, stream, experiences: range, steps: int = 3, batch: int = 16) -> list[torch.Tensor]:
@@ -139,6 +144,22 @@ def test_logit_reservoir_keeps_each_examples_logits_with_it():
     width = torch.where(torch.isin(ids, first), 2, 4)
     assert torch.equal(valid.sum(1), width)  # recorded columns: the categories known at storage
     assert torch.equal(stored * ~valid, torch.zeros_like(stored))  # padding is zero
+
+
+def test_recent_reservoir_is_filled_then_replaced_in_place():
+    recent = RecentReservoir(8, (1, 1, 1), "cpu")
+    recent.generator.manual_seed(0)
+    for start in range(0, 40, 5):
+        ids = torch.arange(start, start + 5)
+        recent.add(ids.to(torch.uint8).view(-1, 1, 1, 1), ids)
+        if start == 0:  # while there is room, images fill the slots in order
+            assert len(recent) == 5 and torch.equal(recent.y[:5], ids)
+    assert len(recent) == 8 and recent.seen == 40
+    held = recent.y[:8]
+    assert len(set(held.tolist())) == 8 and bool((held < 40).all()) and bool((held >= 8).any())
+    assert torch.equal(recent.x[:8].view(-1).long(), held)  # images and labels stay together
+    x, y = recent.sample(20)
+    assert torch.equal(x.view(-1).long(), y) and bool(torch.isin(y, held).all())
 
 
 def test_herding_picks_distinct_examples_closest_to_the_mean_first():
