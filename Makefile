@@ -1,5 +1,5 @@
 # `make run` and `make test` each set everything up on a fresh machine first (scripts/setup.sh).
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench sweep paper-results paper clean
 
 setup:
 	bash scripts/setup.sh
@@ -13,6 +13,25 @@ test: setup
 # Speed: our learner vs a plain PyTorch loop vs Avalanche, rendering, eval share, memory (2-4 min on 2 CPU cores).
 bench: setup
 	.venv/bin/python experiments/bench.py $(ARGS)
+
+RESULTS ?= runs/paper
+
+# The ablation of the closing table: memory size x attribute heads x 3 seeds, jobs in parallel.
+sweep: setup
+	.venv/bin/python experiments/train.py -m experiment=ablation hydra.sweep.dir=$(RESULTS)/ablation $(ARGS)
+	.venv/bin/python experiments/report.py $(RESULTS)/ablation
+
+# Every sweep the paper reads, into $(RESULTS) (about an hour on 2 CPU cores; finished runs are kept,
+# so an interrupted call picks up where it stopped). Omniglot needs ../shared/data/omniglot.
+paper-results: setup
+	for e in ablation init_ablation baselines scaling; do \
+	  .venv/bin/python experiments/train.py -m experiment=$$e hydra.sweep.dir=$(RESULTS)/$$e || exit 1; done
+	.venv/bin/python experiments/train.py -m experiment=omniglot seed=0,1,2 progress=false threads=1 \
+	  hydra/launcher=parallel hydra.sweep.dir=$(RESULTS)/omniglot
+
+# Tables, figures and numbers of paper/main.tex from $(RESULTS), then the PDF when TeX is installed.
+paper: setup
+	$(MAKE) -C paper RESULTS=$(abspath $(RESULTS)) PYTHON=$(abspath .venv/bin/python)
 
 clean:
 	rm -rf runs outputs multirun wandb .cache

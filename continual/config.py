@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 # Top-level keys and the types of their leaves; `benchmark` and `learner` are checked per name.
 TOP_LEVEL: dict[str, Any] = {
-    "seed": int, "device": str, "progress": bool,
-    "train": {"epochs": int, "batch_size": int},
+    "seed": int, "device": str, "progress": bool, "threads": int,
+    "train": {"epochs": int, "batch_size": int, "min_steps": int},
     "eval": {"batch_size": int, "learning_speed": bool,
              "few_shot": {"n_way": int, "shots": list, "n_query": int, "episodes": int, "every_experience": bool}},
     "memory": {"size": int},
-    "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "tags": list}},
+    "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "name": str | None, "tags": list}},
     "benchmark": dict, "learner": dict,
 }
 # Arguments the experiment passes to every learner itself; not config keys.
@@ -114,10 +114,14 @@ def validate_config(cfg: dict) -> None:
         check_tree({k: v for k, v in section.items() if k != "name"}, schema, f"{group}.")
         if hasattr(factory, "check_config"):
             factory.check_config(**{k: v for k, v in section.items() if k != "name"})
-    minimum = {"train.epochs": 1, "train.batch_size": 2, "eval.batch_size": 1, "memory.size": 0}
+    minimum = {"train.epochs": 1, "train.batch_size": 2, "train.min_steps": 0, "eval.batch_size": 1,
+               "memory.size": 0, "threads": 0}
     for key, low in minimum.items():
-        group, name = key.split(".")
-        if name not in cfg.get(group, {}):
+        *path, name = key.split(".")
+        section = cfg
+        for part in path:
+            section = section.get(part, {})
+        if name not in section:
             raise ConfigError(f"config key {key} is missing")
-        if cfg[group][name] < low:
-            raise ConfigError(f"config key {key} must be >= {low}, got {cfg[group][name]}")
+        if section[name] < low:
+            raise ConfigError(f"config key {key} must be >= {low}, got {section[name]}")

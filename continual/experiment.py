@@ -4,6 +4,8 @@ The run folder is complete when ``report.json`` exists: it is written last and a
 so a run that dies midway never looks finished. Running the same config into the same folder
 again resumes from the last checkpoint (or just prints the report of a finished run); a
 folder that holds a run of another config is refused before anything is written.
+Under ``torchrun`` every process runs ``run_experiment`` with its ``DistContext`` and rank 0 alone
+writes the folder (``continual.distributed`` says how the work is shared).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ import torch
 
 from continual.checkpoint import Checkpointer
 from continual.config import validate_config
+from continual.distributed import SINGLE, DistContext
 from continual.learner import LEARNERS
 from continual.logging.run_folder import RunFolderError, git_revision, prepare_run_dir, write_text_atomic
 from continual.loop import run_stream
@@ -62,14 +66,20 @@ def _first_difference(old: object, new: object, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
 
 
-def build_learner(cfg: dict, stream, device: torch.device):
-    """The learner named by ``learner.name`` with its replay memory, on ``device``."""
+def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = SINGLE):
+    """The learner named by ``learner.name`` with its replay memory, on ``device``.
+
+    In a multi-process run: this process's share of the memory (with its own sampling seed) and of
+    each step's replay images.
+    """
     learner_cfg = dict(cfg["learner"])
     name = learner_cfg.pop("name")
+    if dist.multi and "replay_batch_size" in learner_cfg:
+        learner_cfg["replay_batch_size"] = dist.per_rank(learner_cfg["replay_batch_size"], "learner.replay_batch_size")
     memory_cfg = dict(cfg.get("memory") or {})
     n_attr = len(stream.attribute_space.names) if stream.has_attributes else 0
-    memory = ClassBalancedReservoir(int(memory_cfg.get("size", 0)), stream.image_shape, n_attr,
-                                    device=device, seed=cfg["seed"])
+    memory = ClassBalancedReservoir(dist.share(int(memory_cfg.get("size", 0))), stream.image_shape, n_attr,
+                                    device=device, seed=cfg["seed"] + dist.rank)
     learner = LEARNERS.build(
         name, n_classes=stream.n_classes, image_shape=stream.image_shape,
         class_attributes=stream.class_attributes() if stream.has_attributes else None,
@@ -100,31 +110,78 @@ def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
     return False
 
 
-def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print) -> ReportCard:
-    """Run one experiment described by a plain (resolved) config dict into ``run_dir``."""
+EVIDENCE_FILES = ("report.json", "config.json", "git.json", "accuracy_matrix.png", "distributed.json",
+                  ".hydra/config.yaml", ".hydra/overrides.yaml")
+
+
+def _log_evidence(logger, run_dir: Path, cfg: dict) -> None:
+    """The run folder's key files as a W&B artifact. A copy of evidence the folder already holds,
+    so a failure here warns instead of failing a finished run."""
+    files = [run_dir / f for f in EVIDENCE_FILES if (run_dir / f).exists()]
+    try:
+        logger.log_files(files, name=f"run-{logger.run_id}",
+                         metadata={"learner": cfg["learner"]["name"], "benchmark": cfg["benchmark"]["name"],
+                                   "seed": cfg["seed"], "run_dir": str(run_dir)})
+    except Exception as err:  # noqa: BLE001 - any W&B failure: the folder is still complete
+        warnings.warn(f"could not attach the run folder to W&B as an artifact ({type(err).__name__}: {err})",
+                      RuntimeWarning, stacklevel=2)
+
+
+def _check_distributed(cfg: dict, dist: DistContext) -> dict:
+    """The config of a multi-process run, which records the number of processes (it changes the
+    numbers, so a folder of one cannot be resumed by the other); fails early on what DDP cannot run."""
+    name = cfg["learner"]["name"]
+    if not getattr(LEARNERS.get(name), "supports_ddp", False):
+        raise ValueError(f"learner {name} does not support world_size > 1 yet; run it in one process")
+    dist.per_rank(cfg["train"]["batch_size"], "train.batch_size")
+    return {**cfg, "world_size": dist.world_size}
+
+
+def _claim_multi_process_run_dir(cfg: dict, run_dir: Path) -> bool:
+    """``_claim_run_dir``, refusing to resume: a multi-process run cannot continue from a checkpoint yet."""
+    complete = _claim_run_dir(cfg, run_dir)
+    if not complete and Checkpointer(run_dir, "").exists():
+        raise RunFolderError(f"run folder {run_dir} holds an unfinished multi-process run; resuming one is not "
+                             f"supported yet. Remove its checkpoint.pt to start over, or choose another run folder")
+    return complete
+
+
+def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistContext = SINGLE) -> ReportCard:
+    """Run one experiment described by a plain (resolved) config dict into ``run_dir``.
+
+    ``dist``: this process's place in a multi-process (``torchrun``) run; every process calls this.
+    """
     t_start = time.perf_counter()
     validate_config(cfg)
+    if dist.multi:
+        cfg = _check_distributed(cfg, dist)
+        print_fn = print_fn if dist.is_main else (lambda *_: None)
     run_dir = prepare_run_dir(run_dir)
-    if _claim_run_dir(cfg, run_dir):
+    claim = _claim_multi_process_run_dir if dist.multi else _claim_run_dir
+    if dist.main_first(lambda: claim(cfg, run_dir)):  # rank 0 checks the folder; all learn the outcome
         card = ReportCard.from_dict(json.loads((run_dir / "report.json").read_text()))
         print_fn(format_report(card))
         print_fn(f"run folder: {run_dir} (already complete; nothing was run)")
         return card
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = dist.device if dist.multi else resolve_device(str(cfg.get("device", "auto")))
+    if cfg.get("threads"):  # parallel sweep jobs on one machine each take a share of the cores
+        torch.set_num_threads(int(cfg["threads"]))
     seed = int(cfg["seed"])
-    write_text_atomic(json.dumps(git_revision(Path(__file__).parent), indent=2), run_dir / "git.json")
+    if dist.is_main:
+        write_text_atomic(json.dumps(git_revision(Path(__file__).parent), indent=2), run_dir / "git.json")
 
     seed_everything(seed)
     stream = build_stream(cfg["benchmark"]).to(device)
     seed_everything(seed)  # the initialisation does not depend on how much the stream drew
-    learner = build_learner(cfg, stream, device)
-    checkpointer = Checkpointer(run_dir, config_fingerprint(cfg))
-    if checkpointer.exists():  # fail on a bad checkpoint now, and keep logging into the same W&B run
+    learner = build_learner(cfg, stream, device, dist)
+    dist.wrap(learner)  # DDP in a multi-process run
+    checkpointer = Checkpointer(run_dir, config_fingerprint(cfg)) if dist.is_main else None
+    if checkpointer is not None and checkpointer.exists():  # fail on a bad checkpoint now, keep the W&B run
         checkpointer.wandb_run_id = checkpointer.read().get("wandb_run_id")
 
     loggers = []
     wandb_cfg = dict((cfg.get("logger") or {}).get("wandb") or {})
-    if wandb_cfg.get("mode", "offline") != "disabled":
+    if dist.is_main and wandb_cfg.get("mode", "offline") != "disabled":
         from continual.logging.wandb_logger import WandbLogger
 
         loggers.append(WandbLogger(cfg, run_dir, run_id=checkpointer.wandb_run_id, **wandb_cfg))
@@ -132,16 +189,24 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print) -> ReportCard
     try:
         card = run_stream(learner, stream, epochs=int(cfg["train"]["epochs"]),
                           batch_size=int(cfg["train"]["batch_size"]), seed=seed,
+                          min_steps=int(cfg["train"].get("min_steps", 0)),
                           eval_batch_size=int(cfg["eval"]["batch_size"]), loggers=tuple(loggers),
                           checkpointer=checkpointer, learning_speed=bool(cfg["eval"].get("learning_speed", True)),
                           few_shot=cfg["eval"].get("few_shot"),
-                          progress=bool(cfg.get("progress", True)), print_fn=print_fn)
+                          progress=bool(cfg.get("progress", True)) and dist.is_main, print_fn=print_fn, dist=dist)
         card.timing["wall_s"] = time.perf_counter() - t_start
+        if dist.multi:
+            record = dist.record(learner)  # every process sends its part
+            if not dist.is_main:  # rank 0 alone writes the run folder
+                return card
+            write_json_atomic(record, run_dir / "distributed.json")
         save_heatmap(card.matrix(), run_dir / "accuracy_matrix.png", title=f"{cfg['learner']['name']} on {stream.name}")
         for logger in loggers:
             logger.log_accuracy_matrix(card.accuracy_matrix, run_dir / "accuracy_matrix.png")
             logger.log_report(card.to_dict())
         write_json_atomic(card.to_dict(), run_dir / "report.json")
+        for logger in loggers:
+            _log_evidence(logger, run_dir, cfg)
     except BaseException:
         for logger in loggers:
             logger.finish(exit_code=1)

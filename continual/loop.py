@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from continual.checkpoint import Checkpointer, LoopState
+from continual.distributed import SINGLE, DistContext
 from continual.learner.base import Learner
 from continual.metrics import evaluate as ev
 from continual.metrics.report import ReportCard, format_experience_line
@@ -28,31 +29,38 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device
-             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Shuffled index batches on the device and the same on the host (for bookkeeping without a
-    sync); a trailing batch of one is dropped (batch norm needs two)."""
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device,
+             dist: DistContext = SINGLE) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Shuffled index batches: this process's share of each on the device, and the whole batches
+    on the host (for bookkeeping without a sync). A batch too small to give every process two
+    images (in one process: a trailing batch of one) is dropped: batch norm needs two."""
     perm = torch.randperm(n, generator=generator)
-    host = [b for b in perm.split(batch_size) if len(b) > 1]
     on_device = perm.to(device)  # one copy per epoch, not one per step
-    return [b for b in on_device.split(batch_size) if len(b) > 1], host
+    return dist.rank_batches(list(on_device.split(batch_size))), dist.global_batches(list(perm.split(batch_size)))
 
 
-def _sample_curve(curve: dict, k: int, learner: Learner, stream, e: int, batch_size: int) -> float:
+def _sample_curve(curve: dict, k: int, learner: Learner, stream, e: int, batch_size: int,
+                  dist: DistContext = SINGLE) -> float:
     """Record accuracy on experience ``e``'s categories after ``k`` examples; returns seconds spent."""
     t = time.perf_counter()
+    dist.sync_model(learner)
     curve[str(k)] = ev.new_category_accuracy(learner, stream, stream.experiences[e], batch_size)
     return time.perf_counter() - t
 
 
 def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: int,
-               eval_batch_size: int = 512, loggers: tuple[ExperienceLogger, ...] = (),
+               eval_batch_size: int = 512, min_steps: int = 0, loggers: tuple[ExperienceLogger, ...] = (),
                checkpointer: Checkpointer | None = None, learning_speed: bool = True,
-               few_shot: dict | None = None, progress: bool = True, print_fn=print) -> ReportCard:
+               few_shot: dict | None = None, progress: bool = True, print_fn=print,
+               dist: DistContext = SINGLE) -> ReportCard:
     """Train ``learner`` on every experience of ``stream`` in order and return the report card.
 
     With a ``checkpointer`` the state is saved after every experience, and a run that finds a
     checkpoint continues from it, giving the numbers an uninterrupted run would have given.
+    An experience lasts ``epochs`` passes, or more when that is fewer than ``min_steps`` steps, so a
+    study that shrinks the data (the scaling study) does not also starve the learner of updates.
+    Under ``torchrun`` (``dist``, see ``continual.distributed``) each process trains on its share of
+    every batch and offers its share of each experience to its own memory.
     """
     if epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
@@ -73,7 +81,11 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         state.baseline = ev.fwt_baseline(ev.evaluate_pass(learner, stream, 0, eval_batch_size), stream)
         state.eval_s += time.perf_counter() - t_eval
 
-    steps = sum(epochs * (len(stream.train_indices(e)) // batch_size + 1) for e in range(state.next_experience, T))
+    def epochs_of(e: int) -> int:
+        steps_per_epoch = max(1, -(-len(stream.train_indices(e)) // batch_size))
+        return max(epochs, -(-min_steps // steps_per_epoch))
+
+    steps = sum(epochs_of(e) * (len(stream.train_indices(e)) // batch_size + 1) for e in range(state.next_experience, T))
     bar = tqdm(total=steps, desc="training", unit="step", disable=not progress, leave=False)
     result = None
     for e in range(state.next_experience, T):
@@ -87,11 +99,11 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         n_steps = 0
         curve: dict[str, float] = {}  # accuracy on the new categories after k examples of each
         curve_s = 0.0  # time spent sampling it counts as evaluation, not training
-        for epoch in range(epochs):
-            batches, host_batches = _batches(len(y), batch_size, order, device)
+        for epoch in range(epochs_of(e)):
+            batches, host_batches = _batches(len(y), batch_size, order, device, dist)
             milestones = ev.milestone_steps(host_batches, y.cpu()) if epoch == 0 and learning_speed else {}
             if 0 in milestones:  # k = 0: the classifier as started from the description alone
-                curve_s += _sample_curve(curve, 0, learner, stream, e, eval_batch_size)
+                curve_s += _sample_curve(curve, 0, learner, stream, e, eval_batch_size, dist)
             for step, b in enumerate(batches, start=1):
                 loss = learner.observe(x[b], y[b], codes[b] if codes is not None else None)
                 # Bookkeeping stays on the device: no host sync inside the step.
@@ -101,13 +113,15 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
                 state.samples += learner.last_batch_size
                 bar.update(1)
                 for k in [k for k, at in milestones.items() if at == step]:
-                    curve_s += _sample_curve(curve, k, learner, stream, e, eval_batch_size)
-            if int(first_bad) >= 0:  # one read per epoch
+                    curve_s += _sample_curve(curve, k, learner, stream, e, eval_batch_size, dist)
+            if dist.any(first_bad >= 0):  # one read per epoch (on any process: all stop together)
                 raise NonFiniteLossError(
                     f"non-finite loss at experience {e + 1}/{T}, step {int(first_bad) + 1} of the experience; "
                     f"the last good checkpoint ({'none yet' if checkpointer is None or e == 0 else checkpointer.path}) "
                     f"is kept. Lower learner.lr or check the data")
-        learner.end_experience(e, x, y, codes)
+        mine = slice(dist.rank, None, dist.world_size)  # this process's share, for its own memory
+        learner.end_experience(e, x[mine], y[mine], codes[mine] if codes is not None else None)
+        dist.sync_model(learner)  # every process evaluates the same model
         if device.type == "cuda":
             torch.cuda.synchronize()
         state.train_s += time.perf_counter() - t0 - curve_s
@@ -121,9 +135,9 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         fs = ev.few_shot(result, stream, few_shot, seed) if few_shot and few_shot.get("every_experience") else None
         state.eval_s += time.perf_counter() - t_eval
         metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1),
-                   "loss": float(loss_sum) / max(n_steps, 1),
+                   "loss": float(dist.mean(loss_sum)) / max(n_steps, 1),
                    "zero_shot": zs["accuracy"] if zs else None,
-                   "memory_size": len(getattr(learner, "memory", ())),
+                   "memory_size": sum(dist.gather(len(getattr(learner, "memory", ())))),  # all processes
                    **{f"few_shot/{name}": r["accuracy"] for name, r in (fs or {}).items()}}
         state.history.append(metrics)
         if curve:
@@ -151,7 +165,8 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         few_shot=ev.few_shot(result, stream, few_shot, seed),
     )
     state.eval_s += time.perf_counter() - t_eval
-    card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": state.samples,
-                   "train_samples_per_s": state.samples / state.train_s if state.train_s > 0 else None,
+    samples = sum(dist.gather(state.samples))  # by all processes together
+    card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": samples,
+                   "train_samples_per_s": samples / state.train_s if state.train_s > 0 else None,
                    "eval_share": state.eval_s / (state.train_s + state.eval_s)}
     return card

@@ -51,3 +51,50 @@ def test_impossible_world_fails_before_any_rendering(tmp_path):
     with pytest.raises(ValueError, match="attribute combinations"):
         run_experiment(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def _sweep_params(experiment: str) -> dict[str, list[str]]:
+    """The ``hydra.sweeper.params`` an experiment config defines, as lists of override values."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.get("params") or {}
+    return {key: [v.strip() for v in str(values).split(",")] for key, values in params.items()}
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_point_of_every_experiment_sweep_validates(experiment):
+    """A typo in a sweep (a learner that does not exist, a negative memory) fails here, not an hour
+    into the sweep."""
+    import itertools
+
+    params = _sweep_params(experiment)
+    keys = list(params)
+    for values in itertools.product(*params.values()):
+        cfg = compose_config([f"experiment={experiment}", *(f"{k}={v}" for k, v in zip(keys, values))])
+        validate_config(cfg)
+        for key, value in zip(keys, values):
+            *path, leaf = (key + ".name").split(".") if key == "learner" else key.split(".")
+            node = cfg
+            for part in path:
+                node = node[part]
+            assert str(node[leaf]).lower() == value.lower(), f"{experiment}: {key}={value} gave {node[leaf]!r}"
+
+
+def test_sweep_experiments_define_their_grids():
+    assert _sweep_params("ablation") == {"memory.size": ["0", "200", "1000"],
+                                         "learner.attribute_weight": ["0", "1"], "seed": ["0", "1", "2"]}
+    grid = _sweep_params("scaling")["benchmark.train_per_category"]
+    sizes = [int(v) for v in grid]
+    assert sizes == sorted(sizes) and len({b // a for a, b in zip(sizes, sizes[1:])}) == 1  # geometric
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "local", "slurm"])
+def test_launcher_configs_compose(launcher):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert target.split(".")[-1] in {"JoblibLauncher", "LocalLauncher", "SlurmLauncher"}

@@ -41,12 +41,16 @@ def test_gradients_reach_backbone_class_and_attribute_heads():
     assert torch.equal(before["class_head.weight"][3:], learner.class_head.weight[3:].detach())
 
 
-def test_attribute_heads_off_leave_attribute_weights_untouched():
+def test_attribute_weight_zero_switches_the_attribute_heads_off():
+    """The ablation's "no attribute heads": no head, no description-initialised rows, no zero-shot
+    scores (an untrained head would otherwise still score categories, by chance)."""
     learner, codes = _learner(attribute_weight=0.0)
+    assert learner.attribute_head is None and not learner.has_attributes and not learner.attribute_init
     learner.begin_experience(0, [0, 1, 2])
-    before = learner.attribute_head.linear.weight.detach().clone()
+    assert torch.count_nonzero(learner.class_head.weight[:3]) > 0  # the usual random start, not a description
     learner.observe(*_batch([0, 1, 2, 0], codes))
-    assert torch.equal(before, learner.attribute_head.linear.weight.detach())
+    s = learner.scores(_batch([0, 1, 2], codes)[0])
+    assert s.attribute_log_probs is None and s.class_logits.shape == (3, 3)
 
 
 def test_new_category_classifier_starts_as_the_zero_shot_classifier():

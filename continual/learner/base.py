@@ -7,6 +7,7 @@ The loop calls, in order: ``begin_experience`` once, ``observe`` once per mini-b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,6 +29,16 @@ class Learner(nn.Module):
 
     has_attributes: bool = False
     last_batch_size: int = 0  # images in the last ``observe`` step, replay included (for throughput)
+    # Multi-process runs (continual.distributed): a learner that computes its training forward through
+    # ``train_forward`` sets ``supports_ddp``; ``DistContext.wrap`` sets ``ddp_call`` (DDP's forward).
+    supports_ddp: bool = False
+    ddp_call: Callable[..., Any] | None = None
+
+    def train_forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``: a training step's forward pass. In a multi-process run it goes through
+        DistributedDataParallel, so the backward that follows (which must reach every trainable
+        weight) averages the gradients over the processes; in one process it is just the call."""
+        return fn(*args) if self.ddp_call is None else self.ddp_call(fn, *args)
 
     def begin_experience(self, experience: int, new_classes: list[int]) -> None:
         """Prepare for an experience that brings ``new_classes`` (stream labels)."""

@@ -23,6 +23,8 @@ __all__ = ["ChildLearner", "make_optimizer"]
 class ChildLearner(ClassifierLearner):
     """Replay + attribute abstraction heads + description-initialised category classifiers."""
 
+    supports_ddp = True  # the embedding goes through ``train_forward``; the heads follow it
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...], class_attributes: torch.Tensor | None,
                  attribute_blocks: tuple[int, ...] | None, memory: ClassBalancedReservoir,
                  backbone: str = "small_cnn", backbone_args: dict | None = None,
@@ -37,7 +39,9 @@ class ChildLearner(ClassifierLearner):
                          backbone_args=backbone_args, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          amp=amp, channels_last=channels_last)
         dim = self.backbone.embed_dim
-        self.has_attributes = class_attributes is not None and attribute_blocks is not None
+        # attribute_weight = 0 switches the heads off entirely (the ablation): untrained heads would
+        # otherwise still start classifier rows and score zero-shot, by chance.
+        self.has_attributes = class_attributes is not None and attribute_blocks is not None and attribute_weight > 0
         self.attribute_head = AttributeHead(dim, attribute_blocks) if self.has_attributes else None
         if self.has_attributes:
             self.register_buffer("class_attributes", class_attributes.float(), persistent=False)
@@ -65,9 +69,9 @@ class ChildLearner(ClassifierLearner):
         x, y, codes = with_replay(self.memory, self.replay_batch_size, x, y, codes)
         self.last_batch_size = len(y)
         with self._autocast(x.device):
-            z = self._embed(x)  # (B, D)
+            z = self.train_forward(self._embed, x)  # (B, D)
             loss = F.cross_entropy(self.class_head(z), y)
-            if self.has_attributes and self.attribute_weight > 0:
+            if self.has_attributes:
                 loss = loss + self.attribute_weight * self.attribute_head.loss(self.attribute_head(z).float(), codes)
         return self.step(loss)
 

@@ -108,7 +108,7 @@ class ClassifierLearner(Learner):
         """Plain cross-entropy over every category seen so far on one batch (``codes`` unused)."""
         self.train()
         self.last_batch_size = len(y)
-        return self.step(F.cross_entropy(self.logits(x), y))
+        return self.step(F.cross_entropy(self.train_forward(self.logits, x), y))
 
     @torch.inference_mode()
     def features(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

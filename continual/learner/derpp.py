@@ -27,6 +27,8 @@ class DERPPLearner(ClassifierLearner):
     Class-only: no attribute heads.
     """
 
+    supports_ddp = True
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, replay_batch_size: int = 32,
@@ -46,11 +48,11 @@ class DERPPLearner(ClassifierLearner):
         n, r = len(y), self.replay_batch_size
         if len(self.memory) == 0 or r == 0:  # host-side counters: no sync
             self.last_batch_size = n
-            return self.step(F.cross_entropy(self.logits(x), y))
+            return self.step(F.cross_entropy(self.train_forward(self.logits, x), y))
         x1, _, _, stored, valid = self.memory.sample(r)  # stored, valid: (R, n_classes)
         x2, y2, _, _, _ = self.memory.sample(r)
         # One forward over current + both replay batches: batch norm sees them together.
-        logits = self.logits(torch.cat([x, x1, x2]))  # (B + 2R, n_seen)
+        logits = self.train_forward(self.logits, torch.cat([x, x1, x2]))  # (B + 2R, n_seen)
         self.last_batch_size = n + 2 * r
         k = logits.shape[1]
         # Stored rows hold at most n_seen real columns; compare only those (squared error, mean per real entry).

@@ -22,6 +22,8 @@ class ERLearner(ClassifierLearner):
     attribute heads, so zero-shot, GZSL and attribute metrics are null.
     """
 
+    supports_ddp = True
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, replay_batch_size: int = 32,
@@ -38,7 +40,7 @@ class ERLearner(ClassifierLearner):
         self.train()
         x, y, _ = with_replay(self.memory, self.replay_batch_size, x, y, None)
         self.last_batch_size = len(y)
-        return self.step(F.cross_entropy(self.logits(x), y))  # mean over current + replayed images
+        return self.step(F.cross_entropy(self.train_forward(self.logits, x), y))  # mean over current + replayed images
 
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
                        codes: torch.Tensor | None) -> None:

@@ -109,7 +109,7 @@ class ERACELearner(ERLearner):
         replay = self._replay(self.replay_batch_size)  # host-side counters only: no sync
         x_all = torch.cat([x, replay[0]]) if replay is not None else x
         self.last_batch_size = len(x_all)
-        logits = self.logits(x_all)  # (B + R, n_seen), one forward so batch norm sees both parts together
+        logits = self.train_forward(self.logits, x_all)  # (B + R, n_seen), one forward so batch norm sees both parts together
         allowed = present_classes_mask(y, logits.shape[1])  # (n_seen,) classes in the current batch
         loss = masked_cross_entropy(logits[:n], y, allowed)
         if replay is not None:

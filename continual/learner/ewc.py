@@ -22,7 +22,13 @@ from continual.memory import ClassBalancedReservoir
 
 @LEARNERS.register("ewc")
 class EWCLearner(ClassifierLearner):
-    """``CE(current) + ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2``. No memory; class-only."""
+    """``CE(current) + ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2``. No memory; class-only.
+
+    In a multi-process run each process estimates F on its share of the experience; the penalty is
+    linear in F and DDP averages gradients, so training follows the mean of the processes' estimates.
+    """
+
+    supports_ddp = True
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,
@@ -51,7 +57,7 @@ class EWCLearner(ClassifierLearner):
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         self.train()
         self.last_batch_size = len(y)
-        loss = F.cross_entropy(self.logits(x), y)
+        loss = F.cross_entropy(self.train_forward(self.logits, x), y)
         if self.fisher and self.ewc_lambda > 0:  # a dict check on the host, not a tensor value
             loss = loss + self.ewc_lambda * self.penalty()
         return self.step(loss)

@@ -21,6 +21,8 @@ class FinetuneLearner(ClassifierLearner):
     keeps no ``memory`` attribute, so the loop reports a memory size of 0.
     """
 
+    supports_ddp = True  # ``cross_entropy_step`` goes through ``train_forward``
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None,

@@ -23,6 +23,8 @@ class LwFLearner(ClassifierLearner):
     ``state_dict`` (and so in ``checkpoint_state``). No memory: ``memory.size`` is ignored.
     """
 
+    supports_ddp = True
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, distill_weight: float = 1.0,
@@ -41,7 +43,7 @@ class LwFLearner(ClassifierLearner):
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         self.train()
         self.last_batch_size = len(y)
-        logits = self.logits(x)  # (B, n_seen)
+        logits = self.train_forward(self.logits, x)  # (B, n_seen)
         loss = F.cross_entropy(logits, y)
         n_old = self.teacher.n_classes  # host-side int: 0 during the first experience
         if n_old > 0 and self.distill_weight > 0:

@@ -270,6 +270,15 @@ class WandbLogger:
         if flat:
             self._run.summary.update(flat)
 
+    def log_files(self, files: list[str | Path], *, name: str, kind: str = "run-folder",
+                  metadata: Mapping[str, Any] | None = None) -> None:
+        """Attach files (report, config, plots) to the run as one artifact, so a dashboard links each
+        number back to the evidence. Offline, wandb stages copies and ``wandb sync`` uploads them."""
+        artifact = wandb.Artifact(name=name, type=kind, metadata=dict(metadata or {}))
+        for path in map(Path, files):
+            artifact.add_file(str(path), name=path.name)
+        self._run.log_artifact(artifact)
+
     def finish(self, exit_code: int = 0, *, flush_timeout: float = 10.0) -> None:
         """Close the run and wait (up to ``flush_timeout`` s) until its record
         file is complete on disk; safe to call twice.

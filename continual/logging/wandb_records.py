@@ -178,7 +178,7 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
     """Decode an offline run file into config, history and summary.
 
     Returns ``{"run": {...}, "config": {...}, "history": [row, ...],
-    "summary": {...}}``. Config drops wandb's own ``_wandb`` entry; history
+    "summary": {...}, "artifacts": [{"name", "type", "files", "metadata"}, ...]}``. Config drops wandb's own ``_wandb`` entry; history
     rows keep wandb's ``_step``, ``_runtime`` and ``_timestamp``; media
     (tables, images) appear as the JSON stubs wandb writes (``{"_type": ...}``).
     """
@@ -186,6 +186,7 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    artifacts: list[dict[str, Any]] = []
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -210,8 +211,12 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
             for item in record.history.item:
                 _set_path(row, _item_path(item), _history_value(item))
             history.append(row)
+        elif kind == "artifact":
+            a = record.artifact
+            artifacts.append({"name": a.name, "type": a.type, "files": [c.path for c in a.manifest.contents],
+                              "metadata": json.loads(a.metadata) if a.metadata else {}})
     config.pop("_wandb", None)
-    return {"run": run, "config": config, "history": history, "summary": summary}
+    return {"run": run, "config": config, "history": history, "summary": summary, "artifacts": artifacts}
 
 
 def find_offline_run_file(run_dir: str | Path) -> Path:
