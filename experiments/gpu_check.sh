@@ -146,7 +146,7 @@ sys.exit(1 if failed else 0)
 EOF
 
 # ---------------------------------------------------------------- 2. CUDA tests
-run_step 2a_pytest_gpu_marked 150 "$PY" -m pytest -q -x -m gpu tests/ -p no:cacheprovider
+run_step 2a_pytest_gpu_marked 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 fix_no_tests 2a_pytest_gpu_marked
 # Tests parametrised over the device whose cuda case lacks the gpu marker (ids naming cuda).
 run_step 2b_pytest_cuda_ids 60 "$PY" -m pytest -q -x -k cuda -m "not gpu" tests/ -p no:cacheprovider
