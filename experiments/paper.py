@@ -1,0 +1,376 @@
+"""Every table, figure and number of ``paper/main.tex``, from run folders: ``python experiments/paper.py``
+
+    python experiments/paper.py --results runs/paper --out paper/generated
+
+``--results`` (default ``runs/paper``) must hold four sweeps, one folder each:
+
+    ablation/   memory.size x learner.attribute_weight x seeds
+    baselines/  learner names x seeds
+    scaling/    benchmark.train_per_category x seeds
+    omniglot/   one or more runs with benchmark.name == omniglot
+
+each produced by ``python experiments/train.py -m experiment=<name> hydra.sweep.dir=runs/paper/<name>``.
+Writes into ``--out``: ``*_table.tex`` (booktabs tabulars), figures (``.pdf`` for LaTeX, ``.png``
+to look at), ``numbers.tex`` (every number the prose uses, as ``\\Result{key}``) and
+``manifest.json`` (which runs produced them). Then parses ``main.tex`` and fails when it uses an
+``\\input{generated/...}``, ``\\includegraphics{generated/...}`` or ``\\Result{...}`` this run did
+not produce, so the paper and its generator cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from continual.logging.run_folder import write_text_atomic  # noqa: E402
+from continual.metrics.report import write_json_atomic  # noqa: E402
+from continual.results import (  # noqa: E402
+    Cell, Collection, GroupSummary, Metric, Run, aggregate, collect_runs, format_value, get_metric, group_runs,
+    latex_escape, latex_table, markdown_table, plot_accuracy_curves, plot_bars, plot_scaling, scaling_latex_table,
+    scaling_study, varying_keys, warnings_for,
+)
+
+SECTIONS = ("ablation", "baselines", "scaling", "omniglot")
+ABLATION_KEYS = ("memory.size", "learner.attribute_weight")
+NAMES = {"memory.size": "memory", "learner.attribute_weight": "attribute weight", "learner.name": "learner"}
+ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "attributes", "few_shot_1shot")
+BASELINE_METRICS = ("A_T", "forgetting", "bwt", "zero_shot", "few_shot_1shot", "wall_s")
+OMNIGLOT_METRICS = ("A_T", "forgetting", "attributes", "few_shot_1shot", "few_shot_5shot")
+# Every metric gets \Result{<prefix>/<short>}, \Result{<prefix>/<short>/std} and .../n.
+SHORT = {"A_T": "AT", "forgetting": "F", "bwt": "BWT", "fwt": "FWT", "zero_shot": "ZS", "gzsl_h": "H",
+         "gzsl_seen": "seen", "gzsl_unseen": "unseen", "attributes": "attr", "fine_grained": "fine",
+         "learning_speed": "speed", "few_shot_1shot": "oneshot", "few_shot_5shot": "fiveshot", "wall_s": "wall"}
+SHORT["zero_shot.chance"] = "chance"  # an ad-hoc metric (a report path): chance level of the zero-shot task
+NUMBER_METRICS = tuple(SHORT)
+_INCLUDE = re.compile(r"\\(input|include|includegraphics)\s*(?:\[[^\]]*\])?\s*\{\s*(generated/[^}]*?)\s*\}")
+_RESULT = re.compile(r"\\Result(PM)?\s*\{([^}]*)\}")
+
+
+class PaperError(RuntimeError):
+    """The results tree or main.tex cannot produce the paper; the message says what to run."""
+
+
+def command_for(section: str, results: Path) -> str:
+    """The command (run from the repository root) that produces one results subfolder."""
+    folder = (results / section).resolve()
+    # make -C paper passes ../runs/paper; the training command runs from the root, so say it from there.
+    where = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    seeds = " seed=0,1,2" if section == "omniglot" else ""  # its experiment file is a single run, not a sweep
+    return f"python experiments/train.py -m experiment={section}{seeds} hydra.sweep.dir={where}"
+
+
+def load_sections(results: Path) -> dict[str, Collection]:
+    """Collect every section's runs; one ``PaperError`` naming every missing or empty subfolder."""
+    found, problems = {}, []
+    for name in SECTIONS:
+        folder = results / name
+        if not folder.is_dir():
+            problems.append(f"missing {folder}/: produce it with `{command_for(name, results)}`")
+            continue
+        c = collect_runs(folder)
+        if not c.runs:
+            problems.append(f"{folder}/ holds no completed run (report.json; {len(c.unfinished)} unfinished): "
+                            f"finish it with `{command_for(name, results)}` (reruns resume)")
+        found[name] = c
+    if problems:
+        raise PaperError("the paper's results are incomplete; from the repository root, `make paper-results` "
+                         "runs every sweep, or run the missing ones:\n  "
+                         + "\n  ".join(problems))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# numbers for the prose
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, metric: Metric) -> str:
+    if x is None:
+        return "n/a"
+    s = f"{x * metric.scale:.1f}"
+    return "0.0" if s == "-0.0" else s
+
+
+def put_cell(nums: dict[str, str], prefix: str, cell: Cell, metric: Metric) -> None:
+    """``prefix`` -> mean, ``prefix/std`` -> sample std, ``prefix/pm`` -> ``mean ± std`` (the mean
+    alone from one run), ``prefix/n`` -> runs that have it; ``n/a`` where undefined."""
+    mean, std = _fmt(cell.mean, metric), _fmt(cell.std, metric)
+    nums[prefix] = mean
+    nums[f"{prefix}/std"] = std
+    nums[f"{prefix}/pm"] = mean if cell.std is None else f"{mean}\\,$\\pm$\\,{std}"
+    nums[f"{prefix}/n"] = str(cell.n)
+
+
+def put_summary(nums: dict[str, str], prefix: str, summary: GroupSummary) -> None:
+    """Every metric of a group under ``prefix/<short name>`` (``child/AT``), and ``prefix/runs``."""
+    for key, cell in summary.cells.items():
+        put_cell(nums, f"{prefix}/{SHORT.get(key, key)}", cell, get_metric(key))
+    nums[f"{prefix}/runs"] = str(summary.n_runs)
+
+
+def _seeds_text(c: Collection) -> str:
+    return str(len({r.seed for r in c.runs}))
+
+
+def _list(values: Sequence[Any]) -> str:
+    return latex_escape(", ".join(format_value(v) for v in values))
+
+
+def _ways(runs: Sequence[Run]) -> str:
+    """The N of the N-way few-shot episodes the runs evaluated (from the reports: the config's n_way
+    is clipped to the number of never-trained categories)."""
+    ways = sorted({v["n_way"] for r in runs for v in (r.report.get("few_shot") or {}).values()
+                   if isinstance(v, dict) and v.get("n_way")})
+    return _list(ways) if ways else "n/a"
+
+
+# --------------------------------------------------------------------------------------------
+# the four sections
+# --------------------------------------------------------------------------------------------
+
+
+def ablation(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Memory size x attribute weight: table, numbers per cell and per role, curves, zero-shot bars."""
+    groups = group_runs(c.runs, list(ABLATION_KEYS))
+    others = [k for k in varying_keys(c.runs) if k not in ABLATION_KEYS]
+    if others:
+        raise PaperError(f"{c.roots[0]}: besides {', '.join(ABLATION_KEYS)} the config keys {', '.join(others)} "
+                         f"vary; the ablation sweep must change only those two (and the seed)")
+    summaries = aggregate(groups, NUMBER_METRICS)
+    for s in summaries:
+        mem, attr = (format_value(s.group.settings[k]) for k in ABLATION_KEYS)
+        put_summary(nums, f"ablation/mem={mem}/attr={attr}", s)
+    mems = sorted({s.group.settings["memory.size"] for s in summaries}, key=float)
+    attrs = sorted({s.group.settings["learner.attribute_weight"] for s in summaries}, key=float)
+    nums["ablation/memories"] = _list(mems)
+    nums["ablation/maxmemory"] = format_value(mems[-1])
+    nums["ablation/seeds"] = _seeds_text(c)
+    nums["ablation/runs"] = str(len(c.runs))
+    # Role names for the prose, so it need not hard-code the sweep's values: "full" is the largest
+    # memory with attribute heads on; "noreplay" / "noattr" switch one of them off (value 0).
+    cell = {(float(s.group.settings["memory.size"]), float(s.group.settings["learner.attribute_weight"])): s
+            for s in summaries}
+    full = (float(mems[-1]), float(attrs[-1]))
+    roles = {"full": full, "noreplay": (0.0, full[1]), "noattr": (full[0], 0.0), "neither": (0.0, 0.0)}
+    for role, key in roles.items():
+        if key in cell and (role == "full" or key != full):  # a switch the sweep never turned off has no role
+            put_summary(nums, f"ablation/{role}", cell[key])
+    table = list(ABLATION_METRICS)
+    short = {"memory.size": "memory", "learner.attribute_weight": "attr"}
+    return [write_text_atomic(latex_table(aggregate(groups, table), table, NAMES, f"{len(c.runs)} runs"),
+                              out / "ablation_table.tex"),
+            write_text_atomic(markdown_table(aggregate(groups, table), table, NAMES) + "\n", out / "ablation_table.md"),
+            *plot_accuracy_curves(summaries, out / "ablation_curves", names=short, formats=formats,
+                                  title="ablation: accuracy over the stream (mean ± std over seeds)"),
+            *plot_bars(summaries, ["zero_shot", "gzsl_h"], out / "zero_shot", names=short, formats=formats)]
+
+
+def baselines(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Learners x seeds: table (best A_T first), numbers per learner, the setup from the child's config,
+    accuracy curves and forgetting bars."""
+    groups = group_runs(c.runs)
+    by_name: dict[str, GroupSummary] = {}
+    for s in aggregate(groups, NUMBER_METRICS):
+        name = str(s.group.runs[0].config.get("learner", {}).get("name"))
+        if name in by_name:
+            raise PaperError(f"{c.roots[0]}: two groups of learner {name!r} with different configs "
+                             f"({by_name[name].label} / {s.label}); the baselines sweep must vary only the learner")
+        by_name[name] = s
+    if "child" not in by_name:
+        raise PaperError(f"{c.roots[0]}: no run of learner 'child'; the baselines sweep must include the child learner")
+    ranked = sorted(by_name.values(), key=lambda s: (s.cells["A_T"].mean is None, -(s.cells["A_T"].mean or 0.0)))
+    for name, s in by_name.items():
+        put_summary(nums, f"baselines/{name}", s)
+    put_summary(nums, "child", by_name["child"])
+    others = [s for s in ranked if str(s.group.runs[0].config["learner"]["name"]) not in ("child", "joint")]
+    if others:  # the strongest continual baseline; joint training is an upper bound, not a competitor
+        nums["baselines/best/name"] = latex_escape(str(others[0].group.runs[0].config["learner"]["name"]))
+        put_summary(nums, "baselines/best", others[0])
+    nums["baselines/learners"] = str(len(by_name))
+    nums["baselines/seeds"] = _seeds_text(c)
+    # The setup section quotes the stream and training settings from the child runs' config.
+    cfg = by_name["child"].group.runs[0].config
+    bench, train, fs = cfg.get("benchmark", {}), cfg.get("train", {}), cfg.get("eval", {}).get("few_shot") or {}
+    nums["setup/nway"] = _ways(by_name["child"].group.runs)
+    for key, value in {"experiences": bench.get("n_experiences"), "categories": bench.get("categories_per_experience"),
+                       "heldout": bench.get("n_heldout"), "train": bench.get("train_per_category"),
+                       "test": bench.get("test_per_category"), "epochs": train.get("epochs"),
+                       "batch": train.get("batch_size"), "memory": cfg.get("memory", {}).get("size"),
+                       "episodes": fs.get("episodes"),
+                       "backbone": cfg.get("learner", {}).get("backbone")}.items():
+        nums[f"setup/{key}"] = latex_escape(format_value(value))
+    attrs = [k for k in by_name["child"].group.runs[0].report.get("attribute_accuracy") or {} if k != "mean"]
+    nums["setup/attributes"] = latex_escape(", ".join(attrs) or "none")
+    table = aggregate([s.group for s in ranked], BASELINE_METRICS)  # best A_T first
+    return [write_text_atomic(latex_table(table, BASELINE_METRICS, NAMES, f"{len(c.runs)} runs"),
+                              out / "baselines_table.tex"),
+            write_text_atomic(markdown_table(table, BASELINE_METRICS, NAMES) + "\n", out / "baselines_table.md"),
+            *plot_accuracy_curves(ranked, out / "accuracy_curves", formats=formats,
+                                  title="accuracy over the stream (mean ± std over seeds)"),
+            *plot_bars(ranked, ["forgetting"], out / "forgetting", formats=formats)]
+
+
+def scaling(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Training images per category x seeds: log-linear fits (a, b, R², bend), their table and figure."""
+    try:
+        results = scaling_study(c.runs)
+    except ValueError as err:
+        raise PaperError(f"{c.roots[0]}: {err}") from err
+    ns = sorted({n for r in results for n in r.n})
+    nums.update({"scaling/nmin": format_value(ns[0]), "scaling/nmax": format_value(ns[-1]),
+                 "scaling/ns": _list(ns), "scaling/values": str(len(ns)), "scaling/runs": str(len(c.runs)),
+                 "scaling/seeds": _seeds_text(c),
+                 "scaling/minsteps": format_value(c.runs[0].config.get("train", {}).get("min_steps", 0))})
+    for r in results:
+        k = f"scaling/{SHORT.get(r.metric.key, r.metric.key)}"
+        f, s = r.fit, r.segment
+        nums[f"{k}/a"] = "n/a" if f is None else f"{100 * f.a:.1f}"
+        nums[f"{k}/b"] = "n/a" if f is None else f"{100 * f.b:.1f}"
+        nums[f"{k}/r2"] = "n/a" if f is None else f"{f.r2:.2f}"
+        nums[f"{k}/bend"] = "n/a" if s is None else format_value(s.breakpoint)
+        nums[f"{k}/below"] = "n/a" if s is None else f"{100 * s.b_before:.1f}"
+        nums[f"{k}/above"] = "n/a" if s is None else f"{100 * s.b_after:.1f}"
+    return [write_text_atomic(scaling_latex_table(results), out / "scaling_table.tex"),
+            *plot_scaling(results, out / "scaling", formats=formats)]
+
+
+def omniglot(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Omniglot runs (one configuration, any seeds): the table and few-shot numbers."""
+    wrong = [str(r.path) for r in c.runs if r.config.get("benchmark", {}).get("name") != "omniglot"]
+    if wrong:
+        raise PaperError(f"{c.roots[0]}: runs not on Omniglot (benchmark.name != omniglot): {', '.join(wrong[:5])}")
+    groups = group_runs(c.runs)
+    if len(groups) > 1:
+        raise PaperError(f"{c.roots[0]}: the Omniglot runs differ in {', '.join(groups[0].label_keys)}; "
+                         f"keep one configuration (seeds may differ)")
+    (s,) = aggregate(groups, NUMBER_METRICS)
+    put_summary(nums, "omniglot", s)
+    one = s.cells["few_shot_1shot"]
+    nums["omniglot/oneshot/err"] = "n/a" if one.mean is None else f"{100 * (1 - one.mean):.1f}"
+    nums["omniglot/nway"] = _ways(c.runs)
+    nums["omniglot/seeds"] = _seeds_text(c)
+    bench = c.runs[0].config["benchmark"]
+    nums["omniglot/experiences"] = format_value(bench.get("n_experiences"))
+    nums["omniglot/heldout"] = format_value(bench.get("heldout_per_alphabet"))
+    return [write_text_atomic(latex_table(aggregate(groups, OMNIGLOT_METRICS), OMNIGLOT_METRICS, NAMES,
+                                          f"{len(c.runs)} runs"), out / "omniglot_table.tex")]
+
+
+# Cheapest first: a sweep of the wrong kind fails before any figure is drawn for the others.
+BUILDERS: dict[str, Callable[[Collection, Path, dict, Sequence[str]], list[Path]]] = {
+    "omniglot": omniglot, "ablation": ablation, "baselines": baselines, "scaling": scaling}
+
+
+# --------------------------------------------------------------------------------------------
+# numbers.tex and the main.tex check
+# --------------------------------------------------------------------------------------------
+
+
+def numbers_tex(nums: dict[str, str]) -> str:
+    """``\\Result{key}`` for every number; an unknown key stops LaTeX with an error, never prints ``??``."""
+    lines = [
+        "% generated by experiments/paper.py from run folders; do not edit (make -C paper regenerates it)",
+        r"\providecommand{\DefResult}[2]{\expandafter\def\csname result@#1\endcsname{#2}}",
+        r"\providecommand{\Result}[1]{\ifcsname result@#1\endcsname\csname result@#1\endcsname"
+        r"\else\PackageError{numbers}{no generated number `#1'}{Regenerate: make -C paper}\fi}",
+        r"\providecommand{\ResultPM}[1]{\Result{#1/pm}}  % mean \pm sample std (the mean alone from one run)",
+    ]
+    lines += [f"\\DefResult{{{k}}}{{{v}}}" for k, v in sorted(nums.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _strip_comments(tex: str) -> str:
+    return "\n".join(re.sub(r"(?<!\\)%.*", "", line) for line in tex.splitlines())
+
+
+def tex_requirements(tex: str) -> tuple[set[str], set[str]]:
+    """The ``generated/...`` files and ``\\Result``/``\\ResultPM`` keys a LaTeX source uses (comments ignored)."""
+    body = _strip_comments(tex)
+    files = {m.group(2) for m in _INCLUDE.finditer(body)}
+    keys = set()
+    for m in _RESULT.finditer(body):
+        key = m.group(2).strip()
+        keys.add(f"{key}/pm" if m.group(1) else key)  # \ResultPM{k} prints k/pm: "mean ± std"
+    return files, keys
+
+
+def missing_requirements(tex: str, produced: set[str], nums: dict[str, str]) -> list[str]:
+    """What ``tex`` uses that was not produced: ``generated/x`` matches ``x``, or ``x.tex``/``x.pdf``/``x.png``
+    when written without an extension, as LaTeX looks it up."""
+    files, keys = tex_requirements(tex)
+    out = []
+    for f in sorted(files):
+        name = f.split("/", 1)[1]
+        if not any(c in produced for c in (name, f"{name}.tex", f"{name}.pdf", f"{name}.png")):
+            out.append(f"file {f}")
+    out += [f"number \\Result{{{k}}}" for k in sorted(keys - set(nums))]
+    return out
+
+
+def generate(results: Path, out: Path, tex_path: Path | None = ROOT / "paper" / "main.tex",
+             formats: Sequence[str] = ("pdf", "png")) -> list[Path]:
+    """Write everything into ``out``; check ``tex_path``'s needs against it. Returns the files written."""
+    sections = load_sections(results)
+    out.mkdir(parents=True, exist_ok=True)
+    nums: dict[str, str] = {}
+    written: list[Path] = []
+    for name, build in BUILDERS.items():
+        written += build(sections[name], out, nums, formats)
+    all_runs = [r for c in sections.values() for r in c.runs]
+    commits = sorted({str(_git(r).get("commit") or "unknown")[:10] for r in all_runs})
+    dirty = any(_git(r).get("dirty") for r in all_runs)
+    nums["runs/total"] = str(len(all_runs))
+    nums["runs/commits"] = latex_escape(", ".join(commits))
+    nums["runs/dirty"] = "yes" if dirty else "no"
+    written.append(write_text_atomic(numbers_tex(nums), out / "numbers.tex"))
+    warnings = [f"{name}: {w}" for name, c in sections.items() for w in
+                warnings_for(aggregate(group_runs(c.runs), ["A_T"]))]
+    unfinished = [str(u) for c in sections.values() for u in c.unfinished]
+    write_json_atomic({"results": str(results), "sections": {
+        name: {"runs": [str(r.path) for r in c.runs], "unfinished": [str(u) for u in c.unfinished]}
+        for name, c in sections.items()}, "commits": commits, "dirty": dirty, "warnings": warnings,
+        "files": sorted(p.name for p in written)}, out / "manifest.json")
+    for w in warnings:
+        print(f"WARNING: {w}")
+    for u in unfinished:
+        print(f"WARNING: unfinished, left out: {u}")
+    if tex_path is not None:
+        missing = missing_requirements(Path(tex_path).read_text(encoding="utf-8"), {p.name for p in written}, nums)
+        if missing:
+            raise PaperError(f"{tex_path} uses what the generator did not produce: {', '.join(missing)}")
+    return written
+
+
+def _git(run: Run) -> dict:
+    """The run's git.json (revision, dirty flag); empty when absent."""
+    try:
+        return json.loads((run.path / "git.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the four sweeps")
+    parser.add_argument("--out", type=Path, default=ROOT / "paper" / "generated")
+    parser.add_argument("--tex", type=Path, default=ROOT / "paper" / "main.tex", help="the paper to check against")
+    args = parser.parse_args(argv)
+    try:
+        written = generate(args.results, args.out, args.tex)
+    except PaperError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} files into {args.out}; every \\input, \\includegraphics and \\Result of "
+          f"{args.tex} is among them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
