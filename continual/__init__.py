@@ -7,6 +7,7 @@ Rooms (sub-packages):
     memory   -- bounded replay memory
     metrics  -- evaluation and the report card
     logging  -- console, run folder and W&B
+    results  -- run folders to tables, figures and scaling fits
 """
 
 __version__ = "0.1.0"

@@ -2,12 +2,13 @@
 
     python experiments/paper.py --results runs/paper --out paper/generated
 
-``--results`` (default ``runs/paper``) must hold four sweeps, one folder each:
+``--results`` (default ``runs/paper``) must hold five sweeps, one folder each:
 
-    ablation/   memory.size x learner.attribute_weight x seeds
-    baselines/  learner names x seeds
-    scaling/    benchmark.train_per_category x seeds
-    omniglot/   one or more runs with benchmark.name == omniglot
+    ablation/       memory.size x learner.attribute_weight x seeds
+    init_ablation/  learner.attribute_init (true, false) x seeds, attribute heads on
+    baselines/      learner names x seeds
+    scaling/        benchmark.train_per_category x seeds
+    omniglot/       one or more runs with benchmark.name == omniglot
 
 each produced by ``python experiments/train.py -m experiment=<name> hydra.sweep.dir=runs/paper/<name>``.
 Writes into ``--out``: ``*_table.tex`` (booktabs tabulars), figures (``.pdf`` for LaTeX, ``.png``
@@ -23,6 +24,7 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,12 +34,12 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from continual.logging.run_folder import write_text_atomic  # noqa: E402
 from continual.metrics.report import write_json_atomic  # noqa: E402
 from continual.results import (  # noqa: E402
-    Cell, Collection, GroupSummary, Metric, Run, aggregate, collect_runs, format_value, get_metric, group_runs,
-    latex_escape, latex_table, markdown_table, plot_accuracy_curves, plot_bars, plot_scaling, scaling_latex_table,
-    scaling_study, varying_keys, warnings_for,
+    Cell, Collection, Group, GroupSummary, Metric, Run, aggregate, collect_runs, format_cell, format_value, get_metric,
+    group_runs, latex_escape, latex_table, markdown_table, plot_accuracy_curves, plot_bars, plot_scaling,
+    scaling_latex_table, scaling_study, varying_keys, warnings_for,
 )
 
-SECTIONS = ("ablation", "baselines", "scaling", "omniglot")
+SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "omniglot")
 ABLATION_KEYS = ("memory.size", "learner.attribute_weight")
 NAMES = {"memory.size": "memory", "learner.attribute_weight": "attribute weight", "learner.name": "learner"}
 ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "attributes", "few_shot_1shot")
@@ -48,6 +50,9 @@ SHORT = {"A_T": "AT", "forgetting": "F", "bwt": "BWT", "fwt": "FWT", "zero_shot"
          "gzsl_seen": "seen", "gzsl_unseen": "unseen", "attributes": "attr", "fine_grained": "fine",
          "learning_speed": "speed", "few_shot_1shot": "oneshot", "few_shot_5shot": "fiveshot", "wall_s": "wall"}
 SHORT["zero_shot.chance"] = "chance"  # an ad-hoc metric (a report path): chance level of the zero-shot task
+# Ad-hoc metrics too: the learning-speed curve's points, accuracy on new categories after k examples of each.
+LEARNING_SPEED_KS = (0, 1, 5, 10)
+SHORT |= {f"learning_speed.k{k}": f"k{k}" for k in LEARNING_SPEED_KS}
 NUMBER_METRICS = tuple(SHORT)
 _INCLUDE = re.compile(r"\\(input|include|includegraphics)\s*(?:\[[^\]]*\])?\s*\{\s*(generated/[^}]*?)\s*\}")
 _RESULT = re.compile(r"\\Result(PM)?\s*\{([^}]*)\}")
@@ -131,8 +136,20 @@ def _ways(runs: Sequence[Run]) -> str:
     return _list(ways) if ways else "n/a"
 
 
+def _rounded(x: float | None, metric: Metric) -> float | None:
+    """The value as the paper prints it (one decimal, display units), for comparisons that match the print."""
+    return None if x is None else float(_fmt(x, metric))
+
+
+def _compare(a: float | None, b: float | None, words: tuple[str, str, str]) -> str:
+    """``words[0]`` if a > b, ``words[1]`` if a < b, ``words[2]`` if equal; ``n/a`` if either is missing."""
+    if a is None or b is None:
+        return "n/a"
+    return words[0] if a > b else words[1] if a < b else words[2]
+
+
 # --------------------------------------------------------------------------------------------
-# the four sections
+# the five sections
 # --------------------------------------------------------------------------------------------
 
 
@@ -170,6 +187,107 @@ def ablation(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[s
             *plot_accuracy_curves(summaries, out / "ablation_curves", names=short, formats=formats,
                                   title="ablation: accuracy over the stream (mean ± std over seeds)"),
             *plot_bars(summaries, ["zero_shot", "gzsl_h"], out / "zero_shot", names=short, formats=formats)]
+
+
+INIT_KEY = "learner.attribute_init"
+_K = {k: Metric(f"learning_speed.k{k}", f"speed k={k} (%)", f"$k{{=}}{k}$", f"learning_speed.k{k}")
+      for k in LEARNING_SPEED_KS}
+# The init table's columns, with a "learning speed" header spanning the k columns and the area.
+INIT_TABLE: tuple[Metric, ...] = (get_metric("A_T"), get_metric("forgetting"), get_metric("fwt"), _K[0], _K[1], _K[5],
+                                  Metric("learning_speed", "speed area (%)", "area", "learning_speed.area"),
+                                  get_metric("zero_shot"))
+INIT_SPEED_COLUMNS = (3, 6)  # INIT_TABLE[3:7] sit under "learning speed"
+
+
+def _k0_chance(runs: Sequence[Run]) -> float | None:
+    """Accuracy of uniform guessing on the k = 0 point of the learning-speed curve: a new experience's
+    categories are picked out among every category seen so far (the new ones included), so chance is
+    1/(c * e) in experience e of c categories each, averaged over the T experiences as the curve is.
+    ``None`` when the runs' streams differ or their config lacks the sizes."""
+    sizes = {(r.config.get("benchmark", {}).get("n_experiences"),
+              r.config.get("benchmark", {}).get("categories_per_experience")) for r in runs}
+    if len(sizes) != 1:
+        return None
+    ((T, c),) = sizes
+    if not (isinstance(T, int) and isinstance(c, int) and T > 0 and c > 0):
+        return None
+    return sum(1 / (c * e) for e in range(1, T + 1)) / T
+
+
+def init_ablation(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Description-initialised category rows on / off: table, numbers per row, and comparison words
+    (generated, so the prose never asserts a direction the numbers contradict)."""
+    others = [k for k in varying_keys(c.runs) if k != INIT_KEY]
+    if others:
+        raise PaperError(f"{c.roots[0]}: besides {INIT_KEY} the config keys {', '.join(others)} vary; "
+                         f"the init ablation must change only that one (and the seed)")
+    values = {r.config.get("learner", {}).get("attribute_init") for r in c.runs}
+    if values != {True, False}:
+        raise PaperError(f"{c.roots[0]}: {INIT_KEY} takes the values {sorted(map(str, values))}; "
+                         f"the init ablation needs runs with true and with false")
+    off_heads = [str(r.path) for r in c.runs if not (r.config.get("learner", {}).get("attribute_weight") or 0) > 0]
+    if off_heads:  # weight 0 switches the attribute heads off, and with them the description init: no ablation
+        raise PaperError(f"{c.roots[0]}: runs without attribute heads (learner.attribute_weight = 0), where "
+                         f"{INIT_KEY} has no effect: {', '.join(off_heads[:5])}")
+    metrics = [*NUMBER_METRICS, *(m.key for m in INIT_TABLE if m.key not in NUMBER_METRICS)]
+    assert all(m.key in metrics for m in (*INIT_TABLE, _K[10]))
+    groups = group_runs(c.runs, [INIT_KEY])
+    by_role = {}
+    for g in groups:
+        role = "on" if g.runs[0].config["learner"]["attribute_init"] else "off"
+        by_role[role] = Group(settings={INIT_KEY: role}, label_keys=[INIT_KEY], runs=g.runs)
+    rows = aggregate([by_role["on"], by_role["off"]], metrics)
+    for role, s in zip(("on", "off"), rows):
+        put_summary(nums, f"init/{role}", s)
+        for suffix in ("", "/std", "/pm", "/n"):  # the area under the learning-speed curve, by its name
+            nums[f"init/{role}/area{suffix}"] = nums[f"init/{role}/speed{suffix}"]
+    chance = _k0_chance(c.runs)
+    nums["init/k0/chance"] = "n/a" if chance is None else _fmt(chance, _K[0])
+    on, off = rows
+    for role, s in (("on", on), ("off", off)):
+        nums[f"init/{role}/k0/vschance"] = _compare(_rounded(s.cells[_K[0].key].mean, _K[0]),
+                                                    _rounded(chance, _K[0]), ("above", "below", "at"))
+    # For every column (and k = 10): how the description-initialised row compares with the other, by
+    # the printed means ("higher than" / "lower than" / "the same as"), the printed difference, and
+    # whether that difference is larger than the larger of the two sample stds over seeds.
+    for m in (*INIT_TABLE, _K[10]):
+        a, b = (_rounded(s.cells[m.key].mean, m) for s in (on, off))
+        short = f"init/{SHORT.get(m.key, m.key)}"
+        nums[f"{short}/cmp"] = _compare(a, b, ("higher than", "lower than", "the same as"))
+        nums[f"{short}/diff"] = "n/a" if a is None or b is None else _fmt(abs(a - b) / m.scale, m)
+        stds = [_rounded(s.cells[m.key].std, m) for s in (on, off)]
+        spread = None if None in stds else max(stds)
+        nums[f"{short}/vsstd"] = ("not comparable to" if spread is None or a is None or b is None else
+                                  _compare(abs(a - b), spread, ("larger than", "smaller than", "equal to")))
+    nums["init/area/cmp"], nums["init/area/diff"], nums["init/area/vsstd"] = (
+        nums["init/speed/cmp"], nums["init/speed/diff"], nums["init/speed/vsstd"])
+    nums["init/seeds"] = _seeds_text(c)
+    nums["init/runs"] = str(len(c.runs))
+    nums["init/memory"] = _list(sorted({r.config.get("memory", {}).get("size") for r in c.runs}, key=str))
+    nums["init/weight"] = _list(sorted({r.config["learner"]["attribute_weight"] for r in c.runs}, key=float))
+    return [write_text_atomic(init_latex_table(rows, f"{len(c.runs)} runs"), out / "init_table.tex"),
+            write_text_atomic(markdown_table(rows, INIT_TABLE, {INIT_KEY: "description init"}) + "\n",
+                              out / "init_table.md")]
+
+
+def init_latex_table(rows: Sequence[GroupSummary], comment: str) -> str:
+    """The init ablation's booktabs tabular, with "learning speed" spanning its k columns and the area."""
+    a, b = INIT_SPEED_COLUMNS
+    first = 3 + a  # 1-based column: label, n, then the metrics
+    n_cols = 2 + len(INIT_TABLE)
+    span = (["", ""] + [""] * a + [rf"\multicolumn{{{b - a + 1}}}{{c}}{{learning speed}}"]
+            + [""] * (len(INIT_TABLE) - b - 1))
+    lines = [f"% generated by experiments/paper.py: {comment}; do not edit",
+             r"\begin{tabular}{lr" + "c" * len(INIT_TABLE) + "}", r"\toprule",
+             " & ".join(span) + rf" \\ \cmidrule(lr){{{first}-{first + b - a}}}",
+             " & ".join(["description init", "$n$", *(m.latex for m in INIT_TABLE)]) + r" \\", r"\midrule"]
+    for s in rows:
+        cells = [str(s.group.settings[INIT_KEY]), str(s.n_runs), *(format_cell(s.cells[m.key], m, "latex")
+                                                                    for m in INIT_TABLE)]
+        assert len(cells) == n_cols
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def baselines(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
@@ -265,7 +383,8 @@ def omniglot(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[s
 
 # Cheapest first: a sweep of the wrong kind fails before any figure is drawn for the others.
 BUILDERS: dict[str, Callable[[Collection, Path, dict, Sequence[str]], list[Path]]] = {
-    "omniglot": omniglot, "ablation": ablation, "baselines": baselines, "scaling": scaling}
+    "omniglot": omniglot, "init_ablation": init_ablation, "ablation": ablation, "baselines": baselines,
+    "scaling": scaling}
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,12 +448,20 @@ def generate(results: Path, out: Path, tex_path: Path | None = ROOT / "paper" / 
     nums["runs/total"] = str(len(all_runs))
     nums["runs/commits"] = latex_escape(", ".join(commits))
     nums["runs/dirty"] = "yes" if dirty else "no"
+    hardware = {name: devices(c.runs) for name, c in sections.items()}
+    for name, c in sections.items():
+        nums[f"runs/{name}/n"] = str(len(c.runs))
+        nums[f"runs/{name}/device"] = latex_escape(hardware[name])
+    nums["runs/devices"] = latex_escape("; ".join(f"{name}: {len(c.runs)} runs, device {hardware[name]}"
+                                                  for name, c in sections.items()))
     written.append(write_text_atomic(numbers_tex(nums), out / "numbers.tex"))
     warnings = [f"{name}: {w}" for name, c in sections.items() for w in
                 warnings_for(aggregate(group_runs(c.runs), ["A_T"]))]
     unfinished = [str(u) for c in sections.values() for u in c.unfinished]
     write_json_atomic({"results": str(results), "sections": {
-        name: {"runs": [str(r.path) for r in c.runs], "unfinished": [str(u) for u in c.unfinished]}
+        name: {"runs": [str(r.path) for r in c.runs], "unfinished": [str(u) for u in c.unfinished],
+               "device": hardware[name],
+               "commits": sorted({str(_git(r).get("commit") or "unknown")[:10] for r in c.runs})}
         for name, c in sections.items()}, "commits": commits, "dirty": dirty, "warnings": warnings,
         "files": sorted(p.name for p in written)}, out / "manifest.json")
     for w in warnings:
@@ -348,6 +475,17 @@ def generate(results: Path, out: Path, tex_path: Path | None = ROOT / "paper" / 
     return written
 
 
+def devices(runs: Sequence[Run]) -> str:
+    """The ``device`` settings of the runs' configs: ``cuda``, or ``auto (12), cuda (6)`` when they differ.
+
+    This is the setting, not the machine: ``auto`` means CUDA where a GPU is visible, else the CPU,
+    and the run folders do not record which it was."""
+    counts = Counter(str(r.config.get("device", "unset")) for r in runs)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{d} ({n})" for d, n in sorted(counts.items()))
+
+
 def _git(run: Run) -> dict:
     """The run's git.json (revision, dirty flag); empty when absent."""
     try:
@@ -358,7 +496,7 @@ def _git(run: Run) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the four sweeps")
+    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the five sweeps")
     parser.add_argument("--out", type=Path, default=ROOT / "paper" / "generated")
     parser.add_argument("--tex", type=Path, default=ROOT / "paper" / "main.tex", help="the paper to check against")
     args = parser.parse_args(argv)

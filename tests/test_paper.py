@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from continual.results import collect_runs
+from continual.results import Run, collect_runs
 from tests.conftest import ROOT
 from tests.test_results import fake_paper_results, fake_sweep, load_script
 
@@ -39,8 +39,8 @@ def test_generator_produces_everything_main_tex_uses(generated):
     files, keys = paper.tex_requirements(MAIN_TEX.read_text())
     # main.tex really uses the generated tree: tables, figures and numbers (guards against a parser that finds nothing).
     assert {"generated/numbers.tex", "generated/ablation_table.tex", "generated/baselines_table.tex",
-            "generated/scaling.pdf", "generated/accuracy_curves.pdf"} <= files
-    assert {"child/AT/pm", "scaling/AT/b", "setup/experiences"} <= keys
+            "generated/init_table.tex", "generated/scaling.pdf", "generated/accuracy_curves.pdf"} <= files
+    assert {"child/AT/pm", "scaling/AT/b", "setup/experiences", "init/on/k0/pm", "init/AT/cmp", "runs/devices"} <= keys
     for f in files:
         assert (out / f.split("/", 1)[1]).is_file(), f
     numbers = _numbers(out / "numbers.tex")
@@ -55,6 +55,64 @@ def test_generator_produces_everything_main_tex_uses(generated):
     assert numbers["baselines/best/name"] == r"er\_ace"  # joint is an upper bound, not the best baseline
     assert numbers["omniglot/nway"] == "20" and numbers["ablation/memories"] == "0, 200"
     assert numbers["scaling/ns"] == "5, 10, 50, 100"
+    # Every sweep's runs and the device setting of their configs (the fake baselines ran with device=cuda).
+    assert numbers["runs/devices"] == (r"ablation: 8 runs, device auto; init\_ablation: 4 runs, device auto; "
+                                       "baselines: 6 runs, device cuda; scaling: 8 runs, device auto; "
+                                       "omniglot: 2 runs, device auto")
+    assert numbers["runs/total"] == "28"
+
+
+def test_init_ablation_table_and_numbers(generated):
+    results, out, _ = generated
+    numbers = _numbers(out / "numbers.tex")
+    runs = collect_runs(results / "init_ablation").runs
+    on = [r for r in runs if r.config["learner"]["attribute_init"]]
+    off = [r for r in runs if not r.config["learner"]["attribute_init"]]
+    assert len(on) == len(off) == 2
+    for role, rs in (("on", on), ("off", off)):
+        for k in ("k0", "k1", "k5", "area"):
+            assert numbers[f"init/{role}/{k}"] == f"{100 * np.mean([r.report['learning_speed'][k] for r in rs]):.1f}"
+        assert numbers[f"init/{role}/AT"] == f"{100 * np.mean([r.report['average_accuracy'] for r in rs]):.1f}"
+        assert numbers[f"init/{role}/F"] == f"{100 * np.mean([r.report['forgetting'] for r in rs]):.1f}"
+    assert numbers["init/on/k0"] == "20.0" and numbers["init/off/k0"] == "0.0"
+    # Chance at k = 0: 1/(4e) categories in experience e = 1..3, averaged: (1 + 1/2 + 1/3) / 12.
+    assert numbers["init/k0/chance"] == f"{100 * (1 + 1 / 2 + 1 / 3) / 12:.1f}" == "15.3"
+    assert numbers["init/on/k0/vschance"] == "above" and numbers["init/off/k0/vschance"] == "below"
+    assert numbers["init/seeds"] == "2" and numbers["init/runs"] == "4" and numbers["init/memory"] == "48"
+    # The comparative words follow the printed numbers, whichever way they go.
+    for key in ("AT", "F", "FWT", "k0", "k1", "k5", "k10", "area", "ZS"):
+        a, b = float(numbers[f"init/on/{key}"]), float(numbers[f"init/off/{key}"])
+        assert numbers[f"init/{key}/cmp"] == ("higher than" if a > b else "lower than" if a < b else "the same as")
+        assert numbers[f"init/{key}/diff"] == f"{abs(a - b):.1f}"
+        spread = max(float(numbers[f"init/on/{key}/std"]), float(numbers[f"init/off/{key}/std"]))
+        assert numbers[f"init/{key}/vsstd"] == ("larger than" if abs(a - b) > spread else
+                                                "smaller than" if abs(a - b) < spread else "equal to")
+    assert numbers["init/k0/cmp"] == "higher than" and numbers["init/k0/diff"] == "20.0"
+    table = (out / "init_table.tex").read_text()
+    rows = [line for line in table.splitlines() if line.startswith(("on &", "off &"))]
+    assert [r.split(" & ")[0] for r in rows] == ["on", "off"]  # described first
+    assert all(len(r.split(" & ")) == 10 for r in rows)
+    assert r"\multicolumn{4}{c}{learning speed}" in table and r"\cmidrule(lr){6-9}" in table
+    assert "| on | 2 |" in (out / "init_table.md").read_text()
+
+
+def test_init_subsection_types_no_number():
+    """The init subsection's prose takes every number from a macro (math such as $k = 0$ aside)."""
+    tex = MAIN_TEX.read_text()
+    start = tex.index(r"\subsection{Starting a category from its description}")
+    prose = tex[start:tex.index(r"\begin{table}", start)]
+    prose = re.sub(r"\\Result(PM)?\{[^}]*\}", "", paper._strip_comments(prose))
+    prose = re.sub(r"\$[^$]*\$", "", prose)
+    assert r"\Result" not in prose and not re.search(r"\d", prose), prose
+
+
+def test_devices_names_every_setting():
+    def run(device):
+        return Run(path=Path("x"), config={"device": device}, flat={}, report={})
+
+    assert paper.devices([run("cuda"), run("cuda")]) == "cuda"
+    assert paper.devices([run("cuda"), run("auto"), run("auto")]) == "auto (2), cuda (1)"
+    assert paper.devices([Run(path=Path("x"), config={}, flat={}, report={})]) == "unset"
 
 
 def test_generated_tex_files_are_well_formed(generated):
@@ -73,6 +131,7 @@ def test_generated_tex_files_are_well_formed(generated):
 def test_missing_subfolder_is_named_with_its_command(tmp_path, capsys):
     results = fake_paper_results(tmp_path / "results", np.random.default_rng(1), seeds=(0,))
     shutil.rmtree(results / "omniglot")
+    shutil.rmtree(results / "init_ablation")
     for report in (results / "scaling").rglob("report.json"):  # scaling/ exists but nothing finished
         report.unlink()
     with pytest.raises(paper.PaperError) as err:
@@ -80,8 +139,11 @@ def test_missing_subfolder_is_named_with_its_command(tmp_path, capsys):
     msg = str(err.value)
     assert f"missing {results / 'omniglot'}/" in msg and "experiment=omniglot" in msg
     assert f"hydra.sweep.dir={(results / 'omniglot').resolve()}" in msg
+    assert f"missing {results / 'init_ablation'}/" in msg
+    assert f"experiment=init_ablation hydra.sweep.dir={(results / 'init_ablation').resolve()}" in msg
     assert f"{results / 'scaling'}/ holds no completed run" in msg and "4 unfinished" in msg
-    assert "ablation" not in msg and "make paper-results" in msg
+    assert f"{results / 'ablation'}/" not in msg and "experiment=ablation " not in msg  # ablation/ is complete
+    assert "make paper-results" in msg
     assert not (tmp_path / "out").exists()  # nothing half-written
     assert paper.main(["--results", str(results), "--out", str(tmp_path / "out")]) == 1
     assert "experiment=omniglot" in capsys.readouterr().err
@@ -120,6 +182,22 @@ def test_sweeps_of_the_wrong_kind_are_refused(tmp_path):
     shutil.rmtree(results / "ablation")
     fake_sweep(results / "ablation", [{"memory__size": m, "train__epochs": e} for m, e in ((0, 1), (200, 2))], [0], rng)
     with pytest.raises(paper.PaperError, match="the config keys train.epochs vary"):
+        paper.generate(results, tmp_path / "out", None)
+
+
+@pytest.mark.parametrize("cells, match", [
+    ([{"learner__attribute_init": True}], r"takes the values \['True'\]; the init ablation needs runs with true and"),
+    ([{"learner__attribute_init": v, "learner__attribute_weight": 0} for v in (True, False)],
+     r"runs without attribute heads \(learner.attribute_weight = 0\)"),
+    ([{"learner__attribute_init": v, "memory__size": m} for v, m in ((True, 0), (False, 200))],
+     "besides learner.attribute_init the config keys memory.size vary"),
+])
+def test_init_ablation_of_the_wrong_kind_is_refused(tmp_path, cells, match):
+    rng = np.random.default_rng(3)
+    results = fake_paper_results(tmp_path / "results", rng, seeds=(0,))
+    shutil.rmtree(results / "init_ablation")
+    fake_sweep(results / "init_ablation", cells, [0, 1], rng)
+    with pytest.raises(paper.PaperError, match=match):
         paper.generate(results, tmp_path / "out", None)
 
 

@@ -110,10 +110,18 @@ def fake_sweep(root: Path, cells: Sequence[Mapping[str, Any]], seeds: Sequence[i
 
 
 def fake_paper_results(results: Path, rng: np.random.Generator, seeds: Sequence[int] = (0, 1)) -> Path:
-    """The four sweeps ``experiments/paper.py`` reads, small: 2x2 ablation, 3 learners, 4 sizes, Omniglot."""
+    """The five sweeps ``experiments/paper.py`` reads, small: 2x2 ablation, description init on/off, 3 learners
+    (on device cuda, the others auto), 4 sizes, Omniglot."""
     fake_sweep(results / "ablation", [{"memory__size": m, "learner__attribute_weight": w}
                                       for m in (0, 200) for w in (0, 1.0)], seeds, rng)
-    fake_sweep(results / "baselines", [{"learner__name": n} for n in ("child", "er_ace", "joint")], seeds, rng)
+    init = fake_sweep(results / "init_ablation", [{"learner__attribute_init": v} for v in (True, False)], seeds, rng)
+    for p in init:  # without the description a new category starts untrained: slower learning
+        cfg, report = (json.loads((p / f).read_text()) for f in ("config.json", "report.json"))
+        if not cfg["learner"]["attribute_init"]:
+            report["learning_speed"] = {"k0": 0.0, "k1": 0.1, "k5": 0.2, "k10": 0.4, "area": 0.22}
+            write_json_atomic(report, p / "report.json")
+    fake_sweep(results / "baselines", [{"learner__name": n, "device": "cuda"} for n in ("child", "er_ace", "joint")],
+               seeds, rng)
     fake_sweep(results / "scaling", [{"benchmark__train_per_category": n} for n in (5, 10, 50, 100)], seeds, rng)
     fake_sweep(results / "omniglot", [{"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}],
                seeds, rng, {"n_way": 20})
