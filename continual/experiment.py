@@ -31,8 +31,10 @@ from continual.memory import ClassBalancedReservoir
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
 from continual.stream import build_stream
 
-# Keys that change how a run is shown, not what it computes: a resumed run may change them.
-PRESENTATION_KEYS = ("progress", "logger")
+# Keys that change how a run is shown or where inputs are found, not what it computes: a resumed
+# run (or a sweep run again from another folder) may change them. The render cache is keyed by its
+# content and Omniglot's archives are checked against their sha256, so their paths do not matter.
+PRESENTATION_KEYS = ("progress", "logger", "benchmark.cache_dir", "benchmark.data_root")
 MIN_FREE_BYTES = 100 * 2**20  # checkpoints, report and W&B files of a default run are ~10 MB
 
 
@@ -52,10 +54,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _relevant(cfg: dict) -> dict:
+    """A copy of ``cfg`` without the PRESENTATION_KEYS."""
+    relevant = json.loads(json.dumps(cfg))  # a deep copy
+    for key in PRESENTATION_KEYS:
+        *path, leaf = key.split(".")
+        node = relevant
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return relevant
+
+
 def config_fingerprint(cfg: dict) -> str:
     """A hash of everything in the config that changes the numbers a run produces."""
-    relevant = {k: v for k, v in cfg.items() if k not in PRESENTATION_KEYS}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_relevant(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _first_difference(old: object, new: object, prefix: str = "") -> str:
@@ -99,7 +113,7 @@ def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
                                  f"resumed: choose another run folder (hydra.run.dir=...)") from err
         if config_fingerprint(old) != config_fingerprint(cfg):
             raise RunFolderError(
-                f"run folder {run_dir} holds a run with a different config ({_first_difference(old, cfg)}); "
+                f"run folder {run_dir} holds a run with a different config ({_first_difference(_relevant(old), _relevant(cfg))}); "
                 f"nothing was changed in it. Choose another run folder (hydra.run.dir=...) or use the same config")
         return (run_dir / "report.json").exists()
     free = shutil.disk_usage(run_dir).free

@@ -111,6 +111,20 @@ def test_run_folder_of_another_config_is_refused_and_untouched(tmp_path, world_c
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()}
 
 
+def test_moving_the_cache_or_the_console_settings_keeps_a_finished_run(tmp_path, world_cache):
+    """Where inputs are cached and how progress is shown do not change the numbers: a sweep run
+    again with another cache folder finds its finished runs instead of refusing them; a different
+    setting elsewhere is still named (and not the cache path) when it is refused."""
+    first = run_experiment(compose_config(TINY, world_cache), tmp_path / "r", print_fn=lambda _: None)
+    moved = compose_config([*TINY, "progress=true"], tmp_path / "other-cache")
+    lines = []
+    again = run_experiment(moved, tmp_path / "r", print_fn=lines.append)
+    assert again.to_dict() == first.to_dict() and "already complete" in lines[-1]
+    assert not (tmp_path / "other-cache").exists()  # nothing was rendered again
+    with pytest.raises(RunFolderError, match=r"different config \(benchmark.seed: 0 there, 1 now\)"):
+        run_experiment(compose_config([*TINY, "seed=1"], tmp_path / "other-cache"), tmp_path / "r")
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "garbage"])
 def test_bad_checkpoint_fails_with_a_clear_message_and_is_kept(tmp_path, world_cache, damage):
     cfg = compose_config(TINY, world_cache)
