@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -25,7 +26,8 @@ from continual.checkpoint import Checkpointer
 from continual.config import validate_config
 from continual.distributed import SINGLE, DistContext
 from continual.learner import LEARNERS
-from continual.logging.run_folder import RunFolderError, git_revision, prepare_run_dir, write_text_atomic
+from continual.logging.run_folder import (RunFolderError, git_revision, prepare_run_dir, source_digest,
+                                         write_text_atomic)
 from continual.loop import run_stream
 from continual.memory import ClassBalancedReservoir
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
@@ -45,6 +47,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available; use device=auto or device=cpu")
     return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    """The machine behind ``device``, for the run folder: the config says only ``auto`` or ``cuda``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)}), torch {torch.__version__}"
+    return f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def seed_everything(seed: int) -> None:
@@ -182,7 +191,9 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
         torch.set_num_threads(int(cfg["threads"]))
     seed = int(cfg["seed"])
     if dist.is_main:
-        write_text_atomic(json.dumps(git_revision(Path(__file__).parent), indent=2), run_dir / "git.json")
+        package = Path(__file__).parent
+        evidence = {**git_revision(package), "source_sha256": source_digest(package), "device": describe_device(device)}
+        write_text_atomic(json.dumps(evidence, indent=2), run_dir / "git.json")
 
     seed_everything(seed)
     stream = build_stream(cfg["benchmark"]).to(device)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from continual.experiment import run_experiment
+from continual.logging.run_folder import source_digest
 from continual.logging.wandb_records import find_offline_run_file, read_offline_run
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -45,7 +46,9 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path, world_cache):
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["ci95"] > 0 for r in report["few_shot"].values())
     assert report["timing"]["wall_s"] > 0 and report["timing"]["train_samples_per_s"] > 0
     assert json.loads((run_dir / "config.json").read_text()) == cfg
-    assert "commit" in json.loads((run_dir / "git.json").read_text())
+    evidence = json.loads((run_dir / "git.json").read_text())
+    assert "commit" in evidence and evidence["device"].startswith("cpu (")
+    assert evidence["source_sha256"] == source_digest(ROOT / "continual")  # names the code even without git
     assert (run_dir / "accuracy_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run_dir.glob("*.tmp*"))
     assert any("REPORT CARD" in line for line in lines)

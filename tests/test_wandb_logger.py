@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from continual.logging.run_folder import RunFolderError, git_revision, prepare_run_dir, write_text_atomic
+from continual.logging.run_folder import RunFolderError, git_revision, prepare_run_dir, source_digest, write_text_atomic
 from continual.logging.wandb_logger import WandbLogger, resolve_mode
 from continual.logging.wandb_records import (
     WandbRecordError,
@@ -266,3 +266,18 @@ def test_git_revision_in_repo(tmp_path: Path) -> None:
     assert isinstance(rev["commit"], str) and len(rev["commit"]) == 40
     (tmp_path / "a.txt").write_text("2")
     assert git_revision(tmp_path)["dirty"] is True
+
+
+def test_source_digest_names_the_code(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    first = source_digest(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("changed, still not code")
+    assert source_digest(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest(tmp_path / "pkg") != first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "b2.py")  # same bytes, other file
+    assert source_digest(tmp_path / "pkg") != first

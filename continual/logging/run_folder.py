@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["RunFolderError", "git_revision", "prepare_run_dir", "write_text_atomic"]
+__all__ = ["RunFolderError", "git_revision", "prepare_run_dir", "source_digest", "write_text_atomic"]
 
 _GIT_TIMEOUT_S = 5.0
 
@@ -48,6 +50,19 @@ def git_revision(repo_dir: str | Path | None = None) -> dict[str, str | bool | N
         "commit": head.strip() if head else None,
         "dirty": None if status is None else bool(status.strip()),
     }
+
+
+def source_digest(package_dir: str | Path) -> str:
+    """sha256 over the relative paths and contents of every ``*.py`` below ``package_dir``.
+
+    Names the code a run executed even where git cannot (a copied working tree, a stale ``.git``,
+    an installed package): two runs with the same digest ran the same package source.
+    """
+    root = Path(package_dir)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
