@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from continual.heads.compatibility import attribute_log_likelihood
@@ -104,7 +105,38 @@ def generalised_zero_shot(ev: EvalPass, stream: Stream) -> dict | None:
     unseen_idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
     s = _restricted_accuracy(ev.log_likelihood[seen_idx], y[seen_idx], candidates)
     u = _restricted_accuracy(ev.log_likelihood[unseen_idx], y[unseen_idx], candidates)
-    return {"seen": s, "unseen": u, "harmonic": harmonic_mean(s, u)}
+    idx = torch.cat([seen_idx, unseen_idx])
+    auc = seen_unseen_auc(ev.log_likelihood[idx], y[idx], seen, list(stream.heldout))
+    return {"seen": s, "unseen": u, "harmonic": harmonic_mean(s, u), "auc": auc}
+
+
+def seen_unseen_auc(scores: torch.Tensor, target: torch.Tensor, seen: list[int], unseen: list[int]) -> float:
+    """Area under the seen-unseen accuracy curve (AUSUC, Chao et al. 2016): GZSL without choosing a
+    calibration. Adding a constant g to every unseen category's score trades seen accuracy for unseen
+    accuracy; sweeping g over every value where a prediction flips traces the whole curve, and its
+    area (unseen accuracy on x, seen on y, both per-class means) is 1 for a perfect learner.
+
+    ``scores``: (M, C) of every test image of a category in ``seen`` or ``unseen``.
+    """
+    t = target.numpy()
+    s_cand, u_cand = np.array(seen), np.array(unseen)
+    sc = scores.double().numpy()
+    best_s, best_u = sc[:, s_cand].max(1), sc[:, u_cand].max(1)
+    margin = best_s - best_u  # the image goes to an unseen category once g > margin
+    is_seen = np.isin(t, s_cand)
+    right = np.where(is_seen, s_cand[sc[:, s_cand].argmax(1)] == t, u_cand[sc[:, u_cand].argmax(1)] == t)
+    # Per-class means: each image weighs 1 / (its class's image count x classes on its side).
+    classes, inverse, counts = np.unique(t, return_inverse=True, return_counts=True)
+    n_side = np.where(is_seen, np.isin(classes, s_cand).sum(), np.isin(classes, u_cand).sum())
+    gain = right / (counts[inverse] * n_side)
+    order = np.argsort(margin, kind="stable")
+    m, g_seen, g_unseen = margin[order], np.where(is_seen, gain, 0.0)[order], np.where(is_seen, 0.0, gain)[order]
+    # With g just above the k-th smallest margin, images 0..k go unseen and the rest stay seen;
+    # tied margins flip together, so keep only the last of each run of equal margins.
+    last = np.r_[m[1:] != m[:-1], True]
+    unseen_acc = np.r_[0.0, np.cumsum(g_unseen)[last]]
+    seen_acc = np.r_[g_seen.sum(), g_seen.sum() - np.cumsum(g_seen)[last]]
+    return float(np.trapezoid(seen_acc, unseen_acc))
 
 
 def attribute_accuracy(ev: EvalPass, stream: Stream) -> dict | None:

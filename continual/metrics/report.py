@@ -239,7 +239,7 @@ class ReportCard:
     fwt: float | None = None
     fwt_baseline: list[float | None] | None = None
     zero_shot: dict | None = None  # {"accuracy", "chance", "n_categories"}
-    gzsl: dict | None = None  # {"seen", "unseen", "harmonic"}
+    gzsl: dict | None = None  # {"seen", "unseen", "harmonic", "auc" (area under the seen-unseen curve)}
     attribute_accuracy: dict | None = None  # {attribute name: accuracy, ..., "mean": accuracy}
     fine_grained: dict | None = None  # {"accuracy", "n_pairs"}
     long_tail: dict | None = None  # output of long_tail_accuracy
@@ -415,7 +415,8 @@ def format_report(card: ReportCard) -> str:
     else:
         row("generalised zero-shot",
             f"H {_pct(g.get('harmonic'))}  (seen {_pct(g.get('seen'))}, "
-            f"unseen {_pct(g.get('unseen'))})")
+            f"unseen {_pct(g.get('unseen'))})"
+            + (f"; AUSUC {_pct(g['auc'])} (any calibration)" if g.get("auc") is not None else ""))
 
     attrs = {k: v for k, v in (card.attribute_accuracy or {}).items() if k != "mean"}
     mean_attr = (card.attribute_accuracy or {}).get("mean")

@@ -58,6 +58,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("gzsl_h", "GZSL H (%)", r"GZSL $H$", "gzsl.harmonic"),
     _M("gzsl_seen", "GZSL seen (%)", r"GZSL $s$", "gzsl.seen"),
     _M("gzsl_unseen", "GZSL unseen (%)", r"GZSL $u$", "gzsl.unseen"),
+    _M("gzsl_auc", "GZSL AUSUC (%)", "AUSUC", "gzsl.auc"),
     _M("attributes", "attributes (%)", "attributes", "attribute_accuracy.mean"),
     _M("fine_grained", "fine-grained (%)", "fine-grained", "fine_grained.accuracy"),
     _M("learning_speed", "learning-speed area (%)", "LS area", "learning_speed.area"),
@@ -68,7 +69,8 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
 ]}
 # The table columns when none are asked for: every metric the brief's report card has but the
 # long-tail split (null on balanced streams, the default).
-DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k != "long_tail_tail")
+# AUSUC is newer than the paper's runs: asked for by name (--metrics gzsl_auc) until they are redone.
+DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in ("long_tail_tail", "gzsl_auc"))
 
 
 def get_metric(name: str) -> Metric:
