@@ -42,12 +42,12 @@ from continual.results import (  # noqa: E402
 SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "omniglot")
 ABLATION_KEYS = ("memory.size", "learner.attribute_weight")
 NAMES = {"memory.size": "memory", "learner.attribute_weight": "attribute weight", "learner.name": "learner"}
-ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "attributes", "few_shot_1shot")
+ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "gzsl_auc", "attributes", "few_shot_1shot")
 BASELINE_METRICS = ("A_T", "forgetting", "bwt", "zero_shot", "few_shot_1shot", "wall_s")
 OMNIGLOT_METRICS = ("A_T", "forgetting", "attributes", "few_shot_1shot", "few_shot_5shot")
 # Every metric gets \Result{<prefix>/<short>}, \Result{<prefix>/<short>/std} and .../n.
 SHORT = {"A_T": "AT", "forgetting": "F", "bwt": "BWT", "fwt": "FWT", "zero_shot": "ZS", "gzsl_h": "H",
-         "gzsl_seen": "seen", "gzsl_unseen": "unseen", "attributes": "attr", "fine_grained": "fine",
+         "gzsl_seen": "seen", "gzsl_unseen": "unseen", "gzsl_auc": "AUSUC", "attributes": "attr", "fine_grained": "fine",
          "learning_speed": "speed", "few_shot_1shot": "oneshot", "few_shot_5shot": "fiveshot", "wall_s": "wall"}
 SHORT["zero_shot.chance"] = "chance"  # an ad-hoc metric (a report path): chance level of the zero-shot task
 # Ad-hoc metrics too: the learning-speed curve's points, accuracy on new categories after k examples of each.

@@ -74,7 +74,8 @@ def fake_report(rng: np.random.Generator, T: int = 3, attributes: bool = True, n
     if attributes:
         s, u = float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.0, 0.3))
         extra |= {"zero_shot": {"accuracy": float(rng.uniform(0.2, 0.6)), "chance": 1 / n_way, "n_categories": n_way},
-                  "gzsl": {"seen": s, "unseen": u, "harmonic": 2 * s * u / (s + u) if s + u else 0.0},
+                  "gzsl": {"seen": s, "unseen": u, "harmonic": 2 * s * u / (s + u) if s + u else 0.0,
+                           "auc": s * u},
                   "attribute_accuracy": {"shape": 0.5, "colour": 0.7, "mean": 0.6},
                   "fine_grained": {"accuracy": float(rng.uniform(0.5, 1)), "n_pairs": 4},
                   "learning_speed": {"k0": 0.2, "k1": 0.3, "k5": 0.4, "k10": 0.5, "area": float(rng.uniform(0.3, 0.5))}}
