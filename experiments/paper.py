@@ -452,7 +452,7 @@ def generate(results: Path, out: Path, tex_path: Path | None = ROOT / "paper" / 
     for name, c in sections.items():
         nums[f"runs/{name}/n"] = str(len(c.runs))
         nums[f"runs/{name}/device"] = latex_escape(hardware[name])
-    nums["runs/devices"] = latex_escape("; ".join(f"{name}: {len(c.runs)} runs, device {hardware[name]}"
+    nums["runs/devices"] = latex_escape("; ".join(f"{name}: {len(c.runs)} runs, {hardware[name]}"
                                                   for name, c in sections.items()))
     written.append(write_text_atomic(numbers_tex(nums), out / "numbers.tex"))
     warnings = [f"{name}: {w}" for name, c in sections.items() for w in
@@ -461,7 +461,8 @@ def generate(results: Path, out: Path, tex_path: Path | None = ROOT / "paper" / 
     write_json_atomic({"results": str(results), "sections": {
         name: {"runs": [str(r.path) for r in c.runs], "unfinished": [str(u) for u in c.unfinished],
                "device": hardware[name],
-               "commits": sorted({str(_git(r).get("commit") or "unknown")[:10] for r in c.runs})}
+               "commits": sorted({str(_git(r).get("commit") or "unknown")[:10] for r in c.runs}),
+               "source_sha256": sorted({str(_git(r).get("source_sha256") or "unknown") for r in c.runs})}
         for name, c in sections.items()}, "commits": commits, "dirty": dirty, "warnings": warnings,
         "files": sorted(p.name for p in written)}, out / "manifest.json")
     for w in warnings:
@@ -476,11 +477,10 @@ def generate(results: Path, out: Path, tex_path: Path | None = ROOT / "paper" / 
 
 
 def devices(runs: Sequence[Run]) -> str:
-    """The ``device`` settings of the runs' configs: ``cuda``, or ``auto (12), cuda (6)`` when they differ.
-
-    This is the setting, not the machine: ``auto`` means CUDA where a GPU is visible, else the CPU,
-    and the run folders do not record which it was."""
-    counts = Counter(str(r.config.get("device", "unset")) for r in runs)
+    """Where the runs ran: the machine their ``git.json`` names (``cuda (NVIDIA H100 80GB HBM3), torch
+    2.11.0+cu130``), or, for folders written before it did, the config's ``device`` setting
+    (``device auto``: a GPU when one was visible, else the CPU). ``a (12), b (6)`` when they differ."""
+    counts = Counter(_git(r).get("device") or f"device {r.config.get('device', 'unset')}" for r in runs)
     if len(counts) == 1:
         return next(iter(counts))
     return ", ".join(f"{d} ({n})" for d, n in sorted(counts.items()))

@@ -3,6 +3,8 @@ names a missing sweep and its command, and catches a main.tex that asks for some
 
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 import subprocess
@@ -58,7 +60,7 @@ def test_generator_produces_everything_main_tex_uses(generated):
     # Every sweep's runs and the device setting of their configs (the fake baselines ran with device=cuda).
     assert numbers["runs/devices"] == (r"ablation: 8 runs, device auto; init\_ablation: 4 runs, device auto; "
                                        "baselines: 6 runs, device cuda; scaling: 8 runs, device auto; "
-                                       "omniglot: 2 runs, device auto")
+                                       "omniglot: 2 runs, device auto")  # folders without a machine name
     assert numbers["runs/total"] == "28"
 
 
@@ -106,13 +108,21 @@ def test_init_subsection_types_no_number():
     assert r"\Result" not in prose and not re.search(r"\d", prose), prose
 
 
-def test_devices_names_every_setting():
-    def run(device):
-        return Run(path=Path("x"), config={"device": device}, flat={}, report={})
+def test_devices_names_the_machine_or_else_the_setting(tmp_path):
+    def run(device, machine=None):
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        if machine:
+            (folder / "git.json").write_text(json.dumps({"commit": "abc", "device": machine}))
+        return Run(path=folder, config={"device": device}, flat={}, report={})
 
-    assert paper.devices([run("cuda"), run("cuda")]) == "cuda"
-    assert paper.devices([run("cuda"), run("auto"), run("auto")]) == "auto (2), cuda (1)"
-    assert paper.devices([Run(path=Path("x"), config={}, flat={}, report={})]) == "unset"
+    assert paper.devices([run("cuda"), run("cuda")]) == "device cuda"
+    assert paper.devices([run("cuda"), run("auto"), run("auto")]) == "device auto (2), device cuda (1)"
+    assert paper.devices([Run(path=tmp_path / "none", config={}, flat={}, report={})]) == "device unset"
+    h100 = "cuda (NVIDIA H100 80GB HBM3), torch 2.11.0+cu130"
+    assert paper.devices([run("cuda", h100), run("cuda", h100)]) == h100  # the machine wins over the setting
+    assert paper.devices([run("auto", "cpu (1 threads of 2 cores), torch 2.14.1"), run("auto")]) == (
+        "cpu (1 threads of 2 cores), torch 2.14.1 (1), device auto (1)")
 
 
 def test_generated_tex_files_are_well_formed(generated):
