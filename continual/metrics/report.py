@@ -416,7 +416,7 @@ def format_report(card: ReportCard) -> str:
         row("generalised zero-shot",
             f"H {_pct(g.get('harmonic'))}  (seen {_pct(g.get('seen'))}, "
             f"unseen {_pct(g.get('unseen'))})"
-            + (f"; AUSUC {_pct(g['auc'])} (any calibration)" if g.get("auc") is not None else ""))
+            + (f"; AUSUC {_pct(g['auc'])} (calibration-free)" if g.get("auc") is not None else ""))
 
     attrs = {k: v for k, v in (card.attribute_accuracy or {}).items() if k != "mean"}
     mean_attr = (card.attribute_accuracy or {}).get("mean")
