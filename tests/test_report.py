@@ -314,7 +314,7 @@ def test_format_report_contains_key_numbers() -> None:
         R3,
         baseline=BASELINE3,
         zero_shot={"accuracy": 0.25, "chance": 0.1, "n_categories": 10},
-        gzsl={"seen": 0.6, "unseen": 0.2, "harmonic": 0.3},
+        gzsl={"seen": 0.6, "unseen": 0.2, "harmonic": 0.3, "auc": 0.45},
     )
     text = format_report(card)
     assert "71.7%" in text  # A_3 = 2.15 / 3
@@ -323,7 +323,7 @@ def test_format_report_contains_key_numbers() -> None:
     assert "-25.0 pts" in text  # BWT
     assert "+15.0 pts" in text  # FWT
     assert "25.0%" in text and "chance 10.0%" in text and "2.5x chance" in text
-    assert "H 30.0%" in text
+    assert "H 30.0%" in text and "AUSUC 45.0% (calibration-free)" in text
     assert "20.0*" in text  # zero-shot cell R[0, 1] marked
     assert "85.0 " in text  # trained cell R[1, 0] unmarked
     assert "n/a" in text  # e.g. long tail, timing
