@@ -19,7 +19,7 @@ RESULTS ?= runs/paper
 # The ablation of the closing table: memory size x attribute heads x 3 seeds, jobs in parallel.
 sweep: setup
 	.venv/bin/python experiments/train.py -m experiment=ablation hydra.sweep.dir=$(RESULTS)/ablation $(ARGS)
-	.venv/bin/python experiments/report.py $(RESULTS)/ablation
+	.venv/bin/python experiments/report.py $(RESULTS)/ablation --wandb
 
 # Every sweep the paper reads, into $(RESULTS) (about an hour on 2 CPU cores; finished runs are kept,
 # so an interrupted call picks up where it stopped). Omniglot needs ../shared/data/omniglot.

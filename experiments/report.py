@@ -12,11 +12,16 @@ mean ± sample std, in percent. Writes ``ablation.md``, ``ablation.csv``, ``abla
 ``accuracy_curves``, ``forgetting`` and ``zero_shot`` (``.pdf`` and ``.png``) into ``--out``.
 Unfinished run folders (no ``report.json``) are listed and left out; with no completed run at all
 it exits with status 1.
+
+``--wandb`` also logs the table, the figures and the files as one W&B run of job type ``report`` in
+the sweep's own group (read from the runs' configs), so the dashboard that shows the sweep's runs
+shows their summary beside them. Offline by default, like the runs (``--wandb-mode``, ``WANDB_MODE``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -36,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first sweep>/report)")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="table columns")
     parser.add_argument("--stem", default="ablation", help="file name of the tables (default: ablation)")
+    parser.add_argument("--wandb", action="store_true", help="also log table, figures and files to W&B")
+    parser.add_argument("--wandb-mode", default="offline", help="offline | online | disabled (WANDB_MODE wins)")
     return parser.parse_args(argv)
 
 
@@ -88,7 +95,43 @@ def main(argv: list[str] | None = None) -> int:
                    title="zero-shot and generalised zero-shot (mean ± std, dots: seeds)"),
     ]
     print(f"\nwrote {', '.join(str(p) for p in [*paths.values(), *figures])}")
+    if args.wandb:
+        log_to_wandb(collection.runs, args, out, paths, figures, metrics)
     return 0
+
+
+def log_to_wandb(runs, args: argparse.Namespace, out: Path, paths: dict, figures: list[Path], metrics) -> None:
+    """One W&B run for the whole report, in the group the sweep's runs logged to."""
+    from continual.logging.wandb_logger import WandbLogger
+
+    wandb_cfgs = [r.config.get("logger", {}).get("wandb", {}) for r in runs]
+    groups = {c.get("group") for c in wandb_cfgs}
+    group = groups.pop() if len(groups) == 1 else None  # several sweeps: no single group to join
+    project = next((c["project"] for c in wandb_cfgs if c.get("project")), "continual")
+    with (paths["csv"]).open(newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    logger = WandbLogger({"sweeps": [str(s) for s in args.sweeps], "metrics": [m.key for m in metrics],
+                          "runs": len(runs)}, out, project=project, mode=args.wandb_mode, group=group,
+                         name=f"report:{args.stem}", tags=["report"], job_type="report")
+    try:
+        logger.log_table(args.stem, header, [[_number(v) for v in row] for row in rows])
+        logger.log_images({p.stem: p for p in figures if p.suffix == ".png"})
+        logger.log_files([*paths.values(), *figures], name=f"report-{args.stem}-{logger.run_id}", kind="report")
+    except BaseException:
+        logger.finish(exit_code=1)
+        raise
+    logger.finish()
+    print(f"W&B: report run {logger.run_id} in group {group!r} ({logger.mode})")
+
+
+def _number(text: str) -> float | str | None:
+    """A CSV cell as a number where it is one, so W&B can plot the column; empty (n/a) as None."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":

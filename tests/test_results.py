@@ -406,6 +406,32 @@ def test_report_script_writes_tables_and_figures(tmp_path, capsys):
     assert report_cli.main([str(root)]) == 0 and "8 completed run(s)" in capsys.readouterr().out
 
 
+def test_report_logs_table_figures_and_files_to_the_sweeps_wandb_group(tmp_path, monkeypatch, capsys):
+    from continual.logging.wandb_records import find_offline_run_file, read_offline_run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    root = tmp_path / "sweep"
+    for p in _ablation(root, np.random.default_rng(3), seeds=(0, 1)):  # as train.py names a sweep's group
+        cfg = json.loads((p / "config.json").read_text())
+        cfg["logger"]["wandb"] = {"mode": "offline", "project": "cl-test", "group": "ablation:runs/x", "tags": []}
+        write_json_atomic(cfg, p / "config.json")
+        if cfg["learner"]["attribute_weight"] == 0:  # no heads, no zero-shot: n/a cells before numbers
+            report = json.loads((p / "report.json").read_text())
+            report["zero_shot"] = None
+            write_json_atomic(report, p / "report.json")
+    assert report_cli.main([str(root), "--metrics", "A_T", "forgetting", "zero_shot", "--wandb"]) == 0
+    logged = read_offline_run(find_offline_run_file(root / "report"))
+    assert logged["run"]["group"] == "ablation:runs/x" and logged["run"]["job_type"] == "report"
+    assert logged["run"]["project"] == "cl-test" and logged["config"]["runs"] == 8
+    table = logged["summary"]["ablation"]
+    assert table["_type"] == "table-file" and table["nrows"] == 4  # one row per cell of the 2 x 2 ablation
+    assert {"accuracy_curves", "forgetting", "zero_shot"} <= {k for k, v in logged["summary"].items()
+                                                             if isinstance(v, dict) and v.get("_type") == "image-file"}
+    (artifact,) = [a for a in logged["artifacts"] if a["type"] == "report"]
+    assert {"ablation.csv", "ablation.tex", "ablation.md", "accuracy_curves.pdf"} <= set(artifact["files"])
+    assert "in group 'ablation:runs/x'" in capsys.readouterr().out
+
+
 def test_collects_genuine_tiny_runs(tmp_path, world_cache):
     """Two real runs (seeds 0 and 1) of the tiny config, plus one killed before its report."""
     from continual.experiment import run_experiment

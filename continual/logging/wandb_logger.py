@@ -153,6 +153,7 @@ class WandbLogger:
         tags: list[str] | None = None,
         name: str | None = None,
         run_id: str | None = None,
+        job_type: str | None = None,
         init_timeout: float = 15.0,
     ) -> None:
         """Start the run; files go to ``<run_dir>/wandb/``.
@@ -172,6 +173,7 @@ class WandbLogger:
             group=group,
             tags=list(tags) if tags else None,
             name=name,
+            job_type=job_type,
             id=run_id,
             resume="allow" if run_id else None,
             # wandb's default in scripts hands back an unfinished earlier run
@@ -269,6 +271,16 @@ class WandbLogger:
         flat = _flatten(report, prefix)
         if flat:
             self._run.summary.update(flat)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A table (e.g. a sweep's mean ± std per setting) in the run summary under ``key``."""
+        # Mixed types: a metric missing in one setting (None) must not fix its column as "no numbers".
+        self._run.summary[key] = wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
+
+    def log_images(self, images: Mapping[str, str | Path]) -> None:
+        """PNG figures in the run summary, one key each."""
+        for key, path in images.items():
+            self._run.summary[key] = wandb.Image(str(path))
 
     def log_files(self, files: list[str | Path], *, name: str, kind: str = "run-folder",
                   metadata: Mapping[str, Any] | None = None) -> None:

@@ -198,6 +198,7 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
                 "group": r.run_group,
                 "name": r.display_name,
                 "tags": list(r.tags),
+                "job_type": r.job_type,
                 "resumed": r.resumed,
             }
             _apply_updates(config, r.config)
