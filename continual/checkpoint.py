@@ -5,6 +5,17 @@ learner (weights, optimiser, replay memory), every random generator (Python, Num
 and CUDA, the batch-order generator), the loop's progress and metrics, and the W&B run id.
 It holds no training data (the stream is rebuilt from the config) and loads with
 ``torch.load(weights_only=True)``: only tensors, numbers, strings and containers.
+
+In a multi-process run (``continual.distributed``) ``checkpoint.pt`` is rank 0's state, and each
+rank r > 0 also saves what is its own, ``checkpoint.rank<r>.exp<k>.pt`` after k experiences: its
+replay memory share and the rest of its learner's state except the weights and the optimiser (equal
+on every rank, so they come from ``checkpoint.pt``), its generators and its loop counters. The save
+is a commit: every rank r > 0 writes its file, all ranks agree that every file is written, then
+rank 0 replaces ``checkpoint.pt`` (which records the number of processes), and only once all agree
+that is done does each rank delete its files of other experiences. So a kill at any moment leaves
+``checkpoint.pt`` and, for each rank, the file of the experience it names: a resume always continues
+from ``checkpoint.pt``'s experience, and a rank file ahead of it (written before a kill that came
+before the commit) is ignored and later removed.
 """
 
 from __future__ import annotations
@@ -12,10 +23,12 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from continual.distributed import SINGLE, DistContext
 from continual.learner.base import Learner
 from continual.stream.cache import atomic_torch_save
 
@@ -68,51 +81,140 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Checkpointer:
-    """Saves and restores a run's state in one file of its run folder."""
+SHARED_LEARNER_KEYS = ("model", "optimizer")
+"""Parts of ``Learner.checkpoint_state`` that are equal on every rank (DDP averages the gradients,
+``sync_model`` copies rank 0's buffers before every evaluation): rank files leave them out."""
 
-    def __init__(self, run_dir: str | Path, config_fingerprint: str, wandb_run_id: str | None = None) -> None:
-        self.path = Path(run_dir) / "checkpoint.pt"
+
+class Checkpointer:
+    """Saves and restores a run's state in one file of its run folder (and, under ``torchrun``, one
+    more per rank r > 0; ``save`` and ``restore`` are then collective: every rank calls them)."""
+
+    def __init__(self, run_dir: str | Path, config_fingerprint: str, wandb_run_id: str | None = None,
+                 dist: DistContext = SINGLE) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "checkpoint.pt"
         self.fingerprint = config_fingerprint
         self.wandb_run_id = wandb_run_id
+        self.dist = dist
 
     def exists(self) -> bool:
         return self.path.exists()
 
-    def save(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
-        """Write the checkpoint atomically: readers see the previous one or this one, never half."""
-        atomic_torch_save({
-            "format": FORMAT, "version": VERSION, "config_fingerprint": self.fingerprint,
-            "wandb_run_id": self.wandb_run_id, "loop": asdict(state), "learner": learner.checkpoint_state(),
-            "order": order.get_state(), "rng": rng_state(),
-        }, self.path)
+    def rank_path(self, next_experience: int, rank: int | None = None) -> Path:
+        """Where rank ``rank`` (this one by default) keeps its own state after ``next_experience`` experiences."""
+        return self.run_dir / f"checkpoint.rank{self.dist.rank if rank is None else rank}.exp{next_experience}.pt"
 
-    def read(self) -> dict:
-        """Load and check the checkpoint file, with a message saying what to do when it is unusable."""
+    def _header(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "config_fingerprint": self.fingerprint}
+
+    def save(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
+        """Write the checkpoint atomically: readers see the previous one or this one, never half.
+        With several processes, the commit the module docstring describes."""
+        if not self.dist.multi:
+            self._save_main(learner, state, order)
+            return
+        k = state.next_experience
+        main = self.dist.is_main
+        self._agree(None if main else lambda: self._save_own(learner, state, order),
+                    f"saving each rank's state after experience {k}")
+        self._agree(lambda: self._save_main(learner, state, order) if main else None,
+                    f"writing {self.path} after experience {k}")
+        if not main:  # committed: this rank's files of other experiences can no longer be needed
+            for stale in self.run_dir.glob(f"checkpoint.rank{self.dist.rank}.exp*.pt"):
+                if stale != self.rank_path(k):
+                    stale.unlink(missing_ok=True)
+
+    def _save_main(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
+        ckpt = {**self._header(), "wandb_run_id": self.wandb_run_id, "loop": asdict(state),
+                "learner": learner.checkpoint_state(), "order": order.get_state(), "rng": rng_state()}
+        if self.dist.multi:  # a one-process checkpoint stays as it was
+            ckpt["world_size"] = self.dist.world_size
+        atomic_torch_save(ckpt, self.path)
+
+    def _save_own(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
+        atomic_torch_save({
+            **self._header(), "rank": self.dist.rank, "world_size": self.dist.world_size, "loop": asdict(state),
+            "learner": {key: value for key, value in learner.checkpoint_state().items()
+                        if key not in SHARED_LEARNER_KEYS},
+            "order": order.get_state(), "rng": rng_state(),
+        }, self.rank_path(state.next_experience))
+
+    def _agree(self, fn: Callable[[], object] | None, what: str) -> None:
+        """``fn()`` (if any) on every rank, then (collective) raise on every rank if it failed on
+        any: a rank that went on alone would wait forever for the others."""
         try:
-            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+            if fn is not None:
+                fn()
+            problem = None
+        except Exception as err:  # noqa: BLE001 - reported to every rank, then raised here too
+            problem = f"{type(err).__name__}: {err}"
+            if not self.dist.multi:
+                raise
+        problems = [(r, p) for r, p in enumerate(self.dist.gather(problem)) if p is not None]
+        if problems:
+            rank, first = problems[0]
+            raise CheckpointError(f"{what} failed on rank {rank} of {self.dist.world_size}: {first}")
+
+    def _load(self, path: Path) -> dict:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for truncated or foreign files
             raise CheckpointError(
-                f"checkpoint {self.path} cannot be read ({type(err).__name__}: {str(err)[:200]}); it is "
+                f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err)[:200]}); it is "
                 f"truncated or not a continual checkpoint. Move it away to restart this run from the "
                 f"beginning, or choose another run folder (hydra.run.dir=...)") from err
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise CheckpointError(f"{self.path} is not a continual checkpoint (no format marker); "
+            raise CheckpointError(f"{path} is not a continual checkpoint (no format marker); "
                                   f"move it away or choose another run folder")
         if ckpt.get("version") != VERSION:
-            raise CheckpointError(f"{self.path} has checkpoint version {ckpt.get('version')}, "
+            raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, "
                                   f"this code reads version {VERSION}")
         if ckpt.get("config_fingerprint") != self.fingerprint:
-            raise CheckpointError(f"{self.path} was written by a run with a different config; "
+            raise CheckpointError(f"{path} was written by a run with a different config; "
                                   f"choose another run folder (hydra.run.dir=...)")
+        saved = ckpt.get("world_size", 1)
+        if saved != self.dist.world_size:
+            raise CheckpointError(
+                f"{path} was written by a run of {saved} process(es) and this run has {self.dist.world_size}: "
+                f"each process holds its own share of the replay memory, so resume it with {saved} "
+                f"(torchrun --nproc_per_node={saved}), or choose another run folder (hydra.run.dir=...)")
         return ckpt
 
+    def read(self) -> dict:
+        """Load and check ``checkpoint.pt``, with a message saying what to do when it is unusable."""
+        return self._load(self.path)
+
+    def _read_own(self, ckpt: dict) -> dict:
+        """``ckpt`` (``checkpoint.pt``) with this rank's own state in place of rank 0's."""
+        k = ckpt["loop"]["next_experience"]
+        path = self.rank_path(k)
+        if not path.exists():
+            raise CheckpointError(
+                f"{self.path} is at experience {k} but rank {self.dist.rank}'s state for it ({path.name}) is "
+                f"missing, so this multi-process run cannot continue exactly. Move the checkpoint files away "
+                f"to restart it from the beginning, or choose another run folder (hydra.run.dir=...)")
+        own = self._load(path)
+        if own.get("rank") != self.dist.rank or own["loop"]["next_experience"] != k:
+            raise CheckpointError(f"{path} holds rank {own.get('rank')}'s state after experience "
+                                  f"{own['loop']['next_experience']}, not rank {self.dist.rank}'s after {k}")
+        learner = {key: ckpt["learner"][key] for key in SHARED_LEARNER_KEYS if key in ckpt["learner"]}
+        return {**ckpt, "loop": own["loop"], "order": own["order"], "rng": own["rng"],
+                "learner": {**learner, **own["learner"]}}
+
     def restore(self, ckpt: dict, learner: Learner, order: torch.Generator) -> LoopState:
-        """Put the learner, the generators and the loop back as they were when ``ckpt`` was saved."""
+        """Put the learner, the generators and the loop back as they were when ``ckpt`` was saved
+        (with several processes, each rank as it was: its own file completes ``ckpt``)."""
+        if self.dist.multi:
+            merged = [ckpt]
+
+            def read_own() -> None:
+                merged[0] = self._read_own(ckpt)
+            self._agree(None if self.dist.is_main else read_own, "reading each rank's checkpoint")
+            ckpt = merged[0]
         # Loaded on the CPU: load_state_dict copies into the learner's own (device) tensors, and
         # generator states must stay CPU byte tensors.
         learner.load_checkpoint_state(ckpt["learner"])
         order.set_state(ckpt["order"])
         set_rng_state(ckpt["rng"])
         return LoopState(**ckpt["loop"])
-

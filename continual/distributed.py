@@ -17,11 +17,15 @@ What each of the N processes (ranks) does, and why:
   seed ``seed + rank``), filled from its own share of each experience: the memories add up to
   ``memory.size``. ``distributed.json`` in the run folder records each rank's share.
 - Every rank evaluates (identical weights and, after ``sync_model``, batch-norm statistics: cheap
-  and deterministic); rank 0 alone writes the run folder (checkpoints included), logs to W&B and
-  prints. Learners with ``supports_ddp``: child, er, er_ace, derpp, finetune, lwf, ewc. Not yet:
-  gdumb and joint (they train at an experience's end on their own process's data, so step counts
-  would differ) and icarl (it classifies by its own process's exemplars). A multi-process run
-  cannot resume from a checkpoint yet; it says so rather than resuming wrongly.
+  and deterministic); rank 0 alone writes the run folder, logs to W&B and prints. Learners with
+  ``supports_ddp``: child, er, er_ace, derpp, finetune, lwf, ewc. Not yet: gdumb and joint (they
+  train at an experience's end on their own process's data, so step counts would differ) and icarl
+  (it classifies by its own process's exemplars).
+- Checkpoints: rank 0 writes ``checkpoint.pt`` and every other rank r its own state (its memory
+  share, its generators) to ``checkpoint.rank<r>.exp<k>.pt``, committed together after every
+  experience (``continual.checkpoint``). The same command, with the same number of processes,
+  resumes exactly: the report equals an uninterrupted run's. Another number of processes is
+  refused, naming both.
 
 With ``WORLD_SIZE`` unset (plain ``python experiments/train.py``) the context is ``SINGLE``: one
 process, no process group, and every method below is a no-op or the identity.

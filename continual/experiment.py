@@ -5,7 +5,8 @@ so a run that dies midway never looks finished. Running the same config into the
 again resumes from the last checkpoint (or just prints the report of a finished run); a
 folder that holds a run of another config is refused before anything is written.
 Under ``torchrun`` every process runs ``run_experiment`` with its ``DistContext`` and rank 0 alone
-writes the folder (``continual.distributed`` says how the work is shared).
+writes the folder, but for each other rank's own checkpoint file (``continual.distributed`` says how
+the work is shared, ``continual.checkpoint`` how a multi-process run resumes).
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
         except json.JSONDecodeError as err:
             raise RunFolderError(f"{config_file} is not valid JSON ({err}); this folder's run cannot be "
                                  f"resumed: choose another run folder (hydra.run.dir=...)") from err
+        n_old, n_new = old.get("world_size", 1), cfg.get("world_size", 1)
+        if n_old != n_new:  # each process holds its own share of the replay memory
+            how = f"torchrun --nproc_per_node={n_old}" if n_old > 1 else "one process (python experiments/train.py)"
+            raise RunFolderError(f"run folder {run_dir} holds a run of {n_old} process(es) and this run has {n_new}; "
+                                 f"nothing was changed in it. Run it again with {how}, or choose another run "
+                                 f"folder (hydra.run.dir=...)")
         if config_fingerprint(old) != config_fingerprint(cfg):
             raise RunFolderError(
                 f"run folder {run_dir} holds a run with a different config ({_first_difference(_relevant(old), _relevant(cfg))}); "
@@ -160,15 +167,6 @@ def _check_distributed(cfg: dict, dist: DistContext) -> dict:
     return {**cfg, "world_size": dist.world_size}
 
 
-def _claim_multi_process_run_dir(cfg: dict, run_dir: Path) -> bool:
-    """``_claim_run_dir``, refusing to resume: a multi-process run cannot continue from a checkpoint yet."""
-    complete = _claim_run_dir(cfg, run_dir)
-    if not complete and Checkpointer(run_dir, "").exists():
-        raise RunFolderError(f"run folder {run_dir} holds an unfinished multi-process run; resuming one is not "
-                             f"supported yet. Remove its checkpoint.pt to start over, or choose another run folder")
-    return complete
-
-
 def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistContext = SINGLE) -> ReportCard:
     """Run one experiment described by a plain (resolved) config dict into ``run_dir``.
 
@@ -180,8 +178,7 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
         cfg = _check_distributed(cfg, dist)
         print_fn = print_fn if dist.is_main else (lambda *_: None)
     run_dir = prepare_run_dir(run_dir)
-    claim = _claim_multi_process_run_dir if dist.multi else _claim_run_dir
-    if dist.main_first(lambda: claim(cfg, run_dir)):  # rank 0 checks the folder; all learn the outcome
+    if dist.main_first(lambda: _claim_run_dir(cfg, run_dir)):  # rank 0 checks the folder; all learn the outcome
         card = ReportCard.from_dict(json.loads((run_dir / "report.json").read_text()))
         print_fn(format_report(card))
         print_fn(f"run folder: {run_dir} (already complete; nothing was run)")
@@ -200,8 +197,8 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
     seed_everything(seed)  # the initialisation does not depend on how much the stream drew
     learner = build_learner(cfg, stream, device, dist)
     dist.wrap(learner)  # DDP in a multi-process run
-    checkpointer = Checkpointer(run_dir, config_fingerprint(cfg)) if dist.is_main else None
-    if checkpointer is not None and checkpointer.exists():  # fail on a bad checkpoint now, keep the W&B run
+    checkpointer = Checkpointer(run_dir, config_fingerprint(cfg), dist=dist)  # every rank saves its own state
+    if dist.is_main and checkpointer.exists():  # fail on a bad checkpoint now, keep the W&B run
         checkpointer.wandb_run_id = checkpointer.read().get("wandb_run_id")
 
     loggers = []

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from continual.checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError
 from continual.distributed import DistContext, global_batches, rank_batches, share
-from continual.experiment import _check_distributed, _claim_multi_process_run_dir, run_experiment
+from continual.experiment import _check_distributed, _claim_run_dir, config_fingerprint, run_experiment
 from continual.logging.run_folder import RunFolderError
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -60,10 +65,26 @@ def test_multi_process_config_checks_fail_early(tmp_path):
         _check_distributed(compose_config([*TINY, "train.batch_size=33"]), two)
     cfg = _check_distributed(compose_config(TINY), two)
     assert cfg["world_size"] == 2  # recorded, so a one-process run cannot take over its folder
-    assert not _claim_multi_process_run_dir(cfg, tmp_path)
-    (tmp_path / "checkpoint.pt").write_bytes(b"")
-    with pytest.raises(RunFolderError, match="resuming one is not supported"):
-        _claim_multi_process_run_dir(cfg, tmp_path)
+    assert not _claim_run_dir(cfg, tmp_path)
+
+
+def test_resuming_with_another_number_of_processes_is_refused_naming_both(tmp_path):
+    two = _check_distributed(compose_config(TINY), DistContext(rank=0, world_size=2))
+    assert not _claim_run_dir(two, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    for other in (compose_config(TINY), _check_distributed(compose_config(TINY), DistContext(rank=0, world_size=4))):
+        n = other.get("world_size", 1)
+        with pytest.raises(RunFolderError, match=rf"a run of 2 process\(es\) and this run has {n}"):
+            _claim_run_dir(other, tmp_path)
+    assert before == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    # The checkpoint checks it too (no process group needed: reading communicates nothing).
+    fingerprint = config_fingerprint(two)
+    torch.save({"format": FORMAT, "version": VERSION, "config_fingerprint": fingerprint, "world_size": 2},
+               tmp_path / "checkpoint.pt")
+    for n in (1, 3):
+        with pytest.raises(CheckpointError, match=rf"a run of 2 process\(es\) and this run has {n}"):
+            Checkpointer(tmp_path, fingerprint, dist=DistContext(rank=0, world_size=n)).read()
+    assert Checkpointer(tmp_path, fingerprint, dist=DistContext(rank=0, world_size=2)).read()["world_size"] == 2
 
 
 def test_train_py_under_torchrun_requires_a_run_folder(tmp_path):
@@ -111,3 +132,63 @@ def test_two_processes_under_torchrun_match_the_single_process_run(tmp_path, wor
     assert all(p["replay_batch_size"] == cfg["learner"]["replay_batch_size"] // 2 for p in processes)
     # DDP kept the model identical on both ranks, weights and batch-norm statistics alike.
     assert processes[0]["model_state_sha256"] == processes[1]["model_state_sha256"]
+
+
+def _torchrun(run_dir, cache):
+    """A 2-process run of ``DDP_RUN`` in its own process group (so it can be killed whole)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CONTINUAL_CACHE": str(cache), "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(ROOT / "experiments" / "train.py"), *DDP_RUN, f"hydra.run.dir={run_dir}"],
+                            cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL a ``torchrun`` and its ranks: the ranks run in sessions of their own, so a signal to
+    torchrun's process group alone would leave them running to the end."""
+    ranks = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[1]) == proc.pid:
+            ranks.append(int(stat.parent.name))
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+
+
+def test_two_process_run_killed_after_an_experience_resumes_to_the_same_report(tmp_path, world_cache):
+    whole = _torchrun(tmp_path / "whole", world_cache)
+    out, err = whole.communicate(timeout=240)
+    assert whole.returncode == 0, err[-3000:]
+
+    cut = tmp_path / "cut"
+    victim = _torchrun(cut, world_cache)
+    committed = [cut / "checkpoint.pt", cut / "checkpoint.rank1.exp1.pt"]  # experience 1, on both ranks
+    deadline = time.time() + 180
+    while not all(p.exists() for p in committed) and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    _kill_all(victim)
+    assert not (cut / "report.json").exists()
+    k = torch.load(cut / "checkpoint.pt", weights_only=True)["loop"]["next_experience"]
+    assert 1 <= k < 3 and (cut / f"checkpoint.rank1.exp{k}.pt").exists()
+    # As a kill after rank 1's save and before rank 0's commit leaves it: a rank file ahead of
+    # checkpoint.pt, which the resume must ignore (and the next commit remove).
+    (cut / f"checkpoint.rank1.exp{k + 1}.pt").write_bytes(b"half-written by a killed run")
+
+    again = _torchrun(cut, world_cache)
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err[-3000:]
+    assert f"resuming from {cut / 'checkpoint.pt'} at experience {k + 1}/3" in out
+    a = json.loads((tmp_path / "whole" / "report.json").read_text())
+    b = json.loads((cut / "report.json").read_text())
+    assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
+    assert a["timing"]["train_samples"] == b["timing"]["train_samples"]  # each rank kept its own count
+    assert json.loads((tmp_path / "whole" / "distributed.json").read_text()) == \
+        json.loads((cut / "distributed.json").read_text())  # memories and weights alike
+    assert sorted(p.name for p in cut.glob("checkpoint*.pt")) == ["checkpoint.pt", "checkpoint.rank1.exp3.pt"]
