@@ -8,6 +8,8 @@ category head and optimiser come from ``ClassifierLearner``, which the baselines
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -81,11 +83,9 @@ class ChildLearner(ClassifierLearner):
 
     @torch.inference_mode()
     def scores(self, x: torch.Tensor) -> Scores:
-        self.eval()
-        with self._autocast(x.device):
-            z = self._embed(x)
-            logits = self.class_head(z).float()
-            log_p = None
-            if self.has_attributes:
-                log_p = self.attribute_head.log_probs(self.attribute_head(z).float())
-        return Scores(class_logits=logits, attribute_log_probs=log_p, embedding=z.float())
+        s = super().scores(x)  # category logits and the embedding
+        if not self.has_attributes:
+            return s
+        with self._autocast(x.device):  # the same precision the embedding was computed in
+            log_p = self.attribute_head.log_probs(self.attribute_head(s.embedding).float())
+        return dataclasses.replace(s, attribute_log_probs=log_p)
