@@ -155,12 +155,14 @@ class DistContext:
             return
         for buffer in learner.buffers():
             tdist.broadcast(buffer, src=0)
-        sums = torch.stack([p.detach().double().sum() for p in learner.parameters()])  # (P,)
+        names, params = zip(*learner.named_parameters())
+        sums = torch.stack([p.detach().double().sum() for p in params])  # (P,)
         gathered = [torch.empty_like(sums) for _ in range(self.world_size)]
         tdist.all_gather(gathered, sums)
-        if not all(torch.equal(g, gathered[0]) for g in gathered):
-            raise RuntimeError(f"{type(learner).__name__}'s weights differ across processes: its training "
-                               f"step bypasses train_forward, so DDP did not average its gradients")
+        differ = [names[i] for g in gathered for i in (g != gathered[0]).nonzero().flatten().tolist()]
+        if differ:
+            raise RuntimeError(f"{type(learner).__name__}'s weights differ across processes ({', '.join(sorted(set(differ)))}): "
+                               f"its training step bypasses train_forward, so DDP did not average its gradients")
 
     def record(self, learner: nn.Module) -> dict:
         """What every process ended with, for ``distributed.json`` (collective): its memory share and

@@ -104,9 +104,16 @@ def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = S
     n_attr = len(stream.attribute_space.names) if stream.has_attributes else 0
     memory = ClassBalancedReservoir(dist.share(int(memory_cfg.get("size", 0))), stream.image_shape, n_attr,
                                     device=device, seed=cfg["seed"] + dist.rank)
+    # Rows for a never-trained domain's categories too (met after the stream, continual.metrics.novel),
+    # described by nothing: zero attribute vectors.
+    n_novel = stream.novel.n_categories if stream.novel is not None else 0
+    class_attributes = None
+    if stream.has_attributes:
+        class_attributes = stream.class_attributes()
+        class_attributes = torch.cat([class_attributes, class_attributes.new_zeros(n_novel, class_attributes.shape[1])])
     learner = LEARNERS.build(
-        name, n_classes=stream.n_classes, image_shape=stream.image_shape,
-        class_attributes=stream.class_attributes() if stream.has_attributes else None,
+        name, n_classes=stream.n_classes + n_novel, image_shape=stream.image_shape,
+        class_attributes=class_attributes,
         attribute_blocks=stream.attribute_space.sizes if stream.has_attributes else None,
         memory=memory, **learner_cfg)
     return learner.to(device)
@@ -214,7 +221,7 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
                           min_steps=int(cfg["train"].get("min_steps", 0)),
                           eval_batch_size=int(cfg["eval"]["batch_size"]), loggers=tuple(loggers),
                           checkpointer=checkpointer, learning_speed=bool(cfg["eval"].get("learning_speed", True)),
-                          few_shot=cfg["eval"].get("few_shot"),
+                          few_shot=cfg["eval"].get("few_shot"), new_domain=cfg["eval"].get("new_domain"),
                           progress=bool(cfg.get("progress", True)) and dist.is_main, print_fn=print_fn, dist=dist)
         card.timing["wall_s"] = time.perf_counter() - t_start
         if dist.multi:

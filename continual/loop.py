@@ -16,6 +16,7 @@ from continual.checkpoint import Checkpointer, LoopState
 from continual.distributed import SINGLE, DistContext
 from continual.learner.base import Learner
 from continual.metrics import evaluate as ev
+from continual.metrics.novel import new_domain_protocols
 from continual.metrics.report import ReportCard, format_experience_line
 
 
@@ -51,8 +52,8 @@ def _sample_curve(curve: dict, k: int, learner: Learner, stream, e: int, batch_s
 def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: int,
                eval_batch_size: int = 512, min_steps: int = 0, loggers: tuple[ExperienceLogger, ...] = (),
                checkpointer: Checkpointer | None = None, learning_speed: bool = True,
-               few_shot: dict | None = None, progress: bool = True, print_fn=print,
-               dist: DistContext = SINGLE) -> ReportCard:
+               few_shot: dict | None = None, new_domain: dict | None = None, progress: bool = True,
+               print_fn=print, dist: DistContext = SINGLE) -> ReportCard:
     """Train ``learner`` on every experience of ``stream`` in order and return the report card.
 
     With a ``checkpointer`` the state is saved after every experience, and a run that finds a
@@ -61,6 +62,8 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
     study that shrinks the data (the scaling study) does not also starve the learner of updates.
     Under ``torchrun`` (``dist``, see ``continual.distributed``) each process trains on its share of
     every batch and offers its share of each experience to its own memory.
+    ``new_domain`` (the ``eval.new_domain`` settings) runs the protocols of ``continual.metrics.novel``
+    at the end when the stream has a never-trained domain (``stream.novel``).
     """
     if epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
@@ -69,7 +72,6 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
     device = stream.train_x.device
     order = torch.Generator().manual_seed(seed)
     T = stream.n_experiences
-    codes_of = stream.class_codes if stream.has_attributes else None
 
     if checkpointer is not None and checkpointer.exists():
         state = checkpointer.restore(checkpointer.read(), learner, order)
@@ -93,7 +95,7 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         learner.begin_experience(e, stream.experiences[e])
         idx = stream.train_indices(e)
         x, y = stream.train_x[idx], stream.train_y[idx]  # this experience's data, on the device
-        codes = codes_of[y] if codes_of is not None else None
+        codes = stream.codes_for(idx) if stream.has_attributes else None  # per image where the stream has them
         loss_sum = torch.zeros((), device=device)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step
         n_steps = 0
@@ -163,6 +165,7 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         long_tail=ev.long_tail(result, stream),
         learning_speed=ev.learning_speed_summary(state.learning_curves),
         few_shot=ev.few_shot(result, stream, few_shot, seed),
+        **new_domain_protocols(learner, stream, new_domain, seed, eval_batch_size),
     )
     state.eval_s += time.perf_counter() - t_eval
     samples = sum(dist.gather(state.samples))  # by all processes together

@@ -14,10 +14,23 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["benchmark", "learner", "memory", "logger", "experiment"])
+@pytest.mark.parametrize("group", ["benchmark", "learner", "memory", "logger", "experiment", "mechanism"])
 def test_every_config_option_composes_and_validates(group):
     for option in _options(group):
         validate_config(compose_config([f"{group}={option}"]))
+
+
+def test_each_mechanism_variant_switches_off_what_it_names():
+    full = compose_config(["mechanism=full"])["learner"]
+    assert full == compose_config([])["learner"]  # the default learner has every mechanism on
+    expected = {"no_bind": {"bind": False}, "no_protect": {"bind_protect": False},
+                "no_description": {"description_weight": 0.0}, "no_logit_adjustment": {"logit_adjustment": 0.0},
+                "linear_head": {"head": "linear"},
+                "before": {"head": "linear", "bind": False, "logit_adjustment": 0.0}}
+    assert set(expected) | {"full"} == set(_options("mechanism"))
+    for name, changes in expected.items():
+        learner = compose_config([f"mechanism={name}"])["learner"]
+        assert {k: v for k, v in learner.items() if full.get(k) != v} == changes, name
 
 
 @pytest.mark.parametrize("path, value, message", [
@@ -75,6 +88,8 @@ def test_every_point_of_every_experiment_sweep_validates(experiment):
         cfg = compose_config([f"experiment={experiment}", *(f"{k}={v}" for k, v in zip(keys, values))])
         validate_config(cfg)
         for key, value in zip(keys, values):
+            if (CONFIGS / key).is_dir() and key not in ("learner", "benchmark"):
+                continue  # a config group of variants (mechanism=...): it composed and validated
             *path, leaf = (key + ".name").split(".") if key == "learner" else key.split(".")
             node = cfg
             for part in path:

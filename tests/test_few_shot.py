@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from continual.experiment import build_learner
-from continual.metrics.few_shot import few_shot_report, lake_one_shot, prototype_episodes
+from continual.metrics import few_shot
+from continual.metrics.few_shot import few_shot_report, lake_one_shot, lake_style_trials, prototype_episodes
 from continual.stream import build_stream
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -156,3 +157,91 @@ def test_load_learner_from_run_restores_the_weights_and_evaluates(tmp_path, worl
     _fake_runs(tmp_path / "runs")
     result = one_shot.main([str(run_dir), str(tmp_path / "runs")])  # colour learner: grey in every channel
     assert len(result["per_run_error"]) == 2 and 0.0 <= result["error"] <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Lake-style trials built from labelled drawings
+# --------------------------------------------------------------------------------------------
+
+
+def _drawings(sizes: list[int], n_drawers: int = 20):
+    """Every drawer's drawing of every category; category ids run across groups of the given sizes."""
+    group = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))  # (n_categories,)
+    n_cat = len(group)
+    category = torch.arange(n_cat).repeat_interleave(n_drawers)  # (M,)
+    drawer = torch.arange(n_drawers).repeat(n_cat)  # (M,)
+    return category, group[category], drawer
+
+
+def test_distinct_characters_with_drawer_noise_make_no_error():
+    category, group, drawer = _drawings([20, 26, 22])
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(int(category.max()) + 1, 64, generator=gen)  # (n_categories, 64)
+    z = directions[category] + 0.05 * torch.randn(len(category), 64, generator=gen)
+    r = lake_style_trials(z, category, group, drawer, group_names=["a", "b", "c"], n_trials=30, seed=0)
+    assert r["error"] == 0.0 and r["ci95"] == 0.0
+    assert (r["trials"], r["n_way"], r["alphabets"]) == (30, 20, ["a", "b", "c"])
+    assert r["per_alphabet"] == {"a": 0.0, "b": 0.0, "c": 0.0}
+
+
+def test_embeddings_of_the_drawer_alone_are_at_chance():
+    category, group, drawer = _drawings([20, 25])
+    z = torch.randn(20, 16, generator=torch.Generator().manual_seed(1))[drawer]  # the hand, not the character
+    r = lake_style_trials(z, category, group, drawer, group_names=["a", "b"], n_trials=40, seed=0)
+    assert r["error"] == pytest.approx(1 - 1 / 20)
+    z = torch.randn(len(drawer), 16, generator=torch.Generator().manual_seed(2))  # pure noise
+    r = lake_style_trials(z, category, group, drawer, group_names=["a", "b"], n_way=5, n_trials=2000, seed=0)
+    assert abs(r["error"] - (1 - 1 / 5)) <= 2 * r["ci95"] and 0 < r["ci95"] < 0.03
+
+
+def test_a_trial_stays_in_one_alphabet_with_one_drawer_for_examples_and_another_for_tests(monkeypatch):
+    # Character j of every alphabet has the same direction: a trial mixing alphabets would confuse them.
+    sizes = [20, 24, 19]
+    category, group, drawer = _drawings(sizes)
+    first = torch.tensor([0, 20, 44])
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(24, 64, generator=gen)
+    z = directions[category - first[group]] + 0.05 * torch.randn(len(category), 64, generator=gen)
+    assert lake_style_trials(z, category, group, drawer, group_names=["a", "b", "c"], n_trials=60)["error"] == 0.0
+
+    # Spy on what is compared, with embeddings that spell out (group, category, drawer).
+    seen = []
+
+    def spy(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        seen.append((queries.clone(), prototypes.clone()))
+        return torch.zeros(queries.shape[:-1], dtype=torch.long)
+
+    monkeypatch.setattr(few_shot, "_cosine_nearest", spy)
+    spelled = torch.stack([group, category, drawer], 1).double().float()  # (M, 3), exact small integers
+    r = lake_style_trials(spelled, category, group, drawer, group_names=["a", "b", "c"], n_trials=300, seed=3)
+    assert r["alphabets"] == ["a", "b"] and set(r["per_alphabet"]) == {"a", "b"}  # c has 19 < 20
+    tests = torch.cat([q for q, _ in seen]).long()  # (T, 20, 3)
+    examples = torch.cat([p for _, p in seen]).long()  # (T, 20, 3)
+    assert tests.shape == examples.shape == (300, 20, 3)
+    for t in range(300):
+        ex, te = examples[t], tests[t]
+        assert len(set(ex[:, 0].tolist() + te[:, 0].tolist())) == 1  # one alphabet
+        assert len(set(ex[:, 2].tolist())) == 1 and len(set(te[:, 2].tolist())) == 1  # one drawer each
+        assert ex[0, 2] != te[0, 2]  # ... and not the same one
+        assert len(set(ex[:, 1].tolist())) == 20 and set(ex[:, 1].tolist()) == set(te[:, 1].tolist())
+        assert torch.equal(group[ex[:, 1] * 20], ex[:, 0])  # the categories are the alphabet's own
+    # Round-robin over the eligible alphabets; random subsets of the larger one, all drawers used.
+    assert (examples[:, 0, 0] == 0).sum() == (examples[:, 0, 0] == 1).sum() == 150
+    assert examples[::2, 0, 0].eq(0).all()
+    subsets = {frozenset(ex[:, 1].tolist()) for ex in examples[examples[:, 0, 0] == 1]}
+    assert len(subsets) > 100
+    assert set(examples[:, 0, 2].tolist()) == set(tests[:, 0, 2].tolist()) == set(range(20))
+
+
+def test_same_seed_same_trials_and_errors_are_checked():
+    category, group, drawer = _drawings([20, 30])
+    z = torch.randn(len(category), 8, generator=torch.Generator().manual_seed(0))
+    a = lake_style_trials(z, category, group, drawer, group_names=["a", "b"], n_trials=50, seed=7)
+    assert lake_style_trials(z, category, group, drawer, group_names=["a", "b"], n_trials=50, seed=7) == a
+    assert lake_style_trials(z, category, group, drawer, group_names=["a", "b"], n_trials=50, seed=8) != a
+    with pytest.raises(ValueError, match="no group has n_way=31"):
+        lake_style_trials(z, category, group, drawer, group_names=["a", "b"], n_way=31)
+    with pytest.raises(ValueError, match=r"\(M, D\)"):
+        lake_style_trials(z, category[:-1], group, drawer, group_names=["a", "b"])
+    with pytest.raises(ValueError, match="at most once"):
+        lake_style_trials(z, category, group, torch.zeros_like(drawer), group_names=["a", "b"])

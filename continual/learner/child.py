@@ -2,8 +2,15 @@
 
 Each add-on is an object this class calls explicitly in ``observe``: the replay memory
 (``memory.sample`` then ``memory.update`` at the experience's end), the attribute head (an extra
-loss term) and the description-initialised classifier (in ``begin_experience``). The backbone,
-category head and optimiser come from ``ClassifierLearner``, which the baselines share.
+loss term), the description-initialised classifier (in ``begin_experience``), fast binding of a
+new category's row from its first examples (``FastBinding``, before the step's loss) and the
+class-prior logit adjustment of the loss (Menon et al. 2021). The backbone, category head and
+optimiser come from ``ClassifierLearner``, which the baselines share.
+
+Every mechanism has its switch, for ablations: ``head=linear`` (no cosine normalisation),
+``bind=false`` (rows learned by gradient alone), ``description_weight=0`` (examples override the
+description at once), ``logit_adjustment=0`` (plain cross-entropy), ``attribute_init=false``,
+``attribute_weight=0``.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-from continual.heads import AttributeHead
+from continual.heads import AttributeHead, FastBinding
+from continual.heads.binding import rows_from_descriptions
 from continual.learner.base import LEARNERS, Scores
 from continual.learner.common import ClassifierLearner, make_optimizer, with_replay
 from continual.memory import ClassBalancedReservoir
@@ -31,15 +40,23 @@ class ChildLearner(ClassifierLearner):
                  attribute_blocks: tuple[int, ...] | None, memory: ClassBalancedReservoir,
                  backbone: str = "small_cnn", backbone_args: dict | None = None,
                  attribute_weight: float = 1.0, attribute_init: bool = True, replay_batch_size: int = 64,
+                 head: str = "cosine", cosine_scale: float = 16.0, bind: bool = True, bind_window: int = 10,
+                 bind_protect: bool = True,
+                 description_weight: float = 1.0, logit_adjustment: float = 1.0,
                  optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  amp: bool = True, channels_last: bool = False, compile: bool = False) -> None:
         if attribute_weight < 0:
             raise ValueError(f"learner.attribute_weight must be >= 0, got {attribute_weight}")
         if replay_batch_size < 0:
             raise ValueError(f"learner.replay_batch_size must be >= 0, got {replay_batch_size}")
+        if head not in ("linear", "cosine"):
+            raise ValueError(f"learner.head must be 'linear' or 'cosine', got {head!r}")
+        if logit_adjustment < 0:
+            raise ValueError(f"learner.logit_adjustment must be >= 0, got {logit_adjustment}")
         super().__init__(n_classes=n_classes, image_shape=image_shape, backbone=backbone,
                          backbone_args=backbone_args, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                         amp=amp, channels_last=channels_last)
+                         amp=amp, channels_last=channels_last,
+                         cosine_scale=cosine_scale if head == "cosine" else None)
         dim = self.backbone.embed_dim
         # attribute_weight = 0 switches the heads off entirely (the ablation): untrained heads would
         # otherwise still start classifier rows and score zero-shot, by chance.
@@ -51,6 +68,11 @@ class ChildLearner(ClassifierLearner):
         self.attribute_init = attribute_init and self.has_attributes
         self.memory = memory
         self.replay_batch_size = replay_batch_size
+        self.binding = FastBinding(dim, n_classes, bind_window, description_weight) if bind else None
+        self.bind_protect = bind_protect and bind
+        self.logit_adjustment = logit_adjustment
+        # (C,) training labels seen so far, replay included: the class prior pi of the adjusted loss.
+        self.register_buffer("label_counts", torch.zeros(n_classes))
         if channels_last:
             # Weights in channels_last too (inputs already are), so convolutions never convert formats.
             self.backbone.to(memory_format=torch.channels_last)
@@ -64,18 +86,68 @@ class ChildLearner(ClassifierLearner):
         weight = bias = None
         if self.attribute_init:
             weight, bias = self.attribute_head.describe_classes(self.class_attributes[new_classes])
+            known = self.class_head.n_active
+            if self.class_head.cosine and known > 0:
+                # Rows where the described categories' images should lie, mapped from the known ones.
+                weight = rows_from_descriptions(self.class_attributes[new_classes], self.class_attributes[:known],
+                                                self.class_head.weight[:known])
+            if self.binding is not None:
+                self.binding.describe(new_classes, weight)
         self.class_head.grow(len(new_classes), weight, bias)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         self.train()
+        n_new = len(y)
         x, y, codes = with_replay(self.memory, self.replay_batch_size, x, y, codes)
         self.last_batch_size = len(y)
         with self._autocast(x.device):
             z = self.train_forward(self._embed, x)  # (B, D)
-            loss = F.cross_entropy(self.class_head(z), y)
-            if self.has_attributes:
+            z_class = z
+            if self.binding is not None:  # rows of categories still in their window: written, then refined
+                self.binding.observe(self._eval_embed(x[:n_new]), y[:n_new])
+                bound, rows = self.binding.rows()
+                self.class_head.write_rows(bound, rows)
+                if self.bind_protect:
+                    # A category inside its window is held by its row; its few examples refine that row
+                    # but their category loss does not pull the backbone towards themselves (their
+                    # attribute targets still train it).
+                    z_class = torch.where(bound[y][:, None], z.detach(), z)
+            logits = self.class_head(z_class).float()  # (B, n_active)
+            if self.logit_adjustment > 0:
+                logits = logits + self.logit_adjustment * self._log_prior(y, logits.shape[1])
+            loss = F.cross_entropy(logits, y)
+            if self.has_attributes and codes is not None:  # no codes: categories met without a description
                 loss = loss + self.attribute_weight * self.attribute_head.loss(self.attribute_head(z).float(), codes)
         return self.step(loss)
+
+    @torch.no_grad()
+    def _eval_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` embeddings as evaluation computes them (batch norm on running statistics).
+
+        Why not the training forward's: its batch statistics depend on what shares the batch (a
+        category met alone, 15 images of one character, moves them far), and a bound row must sit
+        where the category's test images will land.
+        """
+        self.eval()
+        try:
+            return self._embed(x).float()
+        finally:
+            self.train()
+
+    def _log_prior(self, y: torch.Tensor, n_active: int) -> torch.Tensor:
+        """``(n_active,)`` log class prior of everything trained on so far, this batch included.
+
+        Adding it to the training logits (and not at test time) is Menon et al.'s logit-adjusted
+        loss: a frequent category must win by its prior's margin, so rare ones keep their share
+        of the decision space. Counts start at one, so an active category not met yet is rare,
+        not impossible.
+        """
+        delta = torch.zeros_like(self.label_counts).index_add_(0, y, torch.ones_like(y, dtype=self.label_counts.dtype))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(delta)  # one prior for all processes: the whole batch's labels
+        self.label_counts += delta
+        counts = self.label_counts[:n_active] + 1
+        return (counts / counts.sum()).log()
 
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
                        codes: torch.Tensor | None) -> None:

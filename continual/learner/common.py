@@ -46,14 +46,15 @@ class ClassifierLearner(Learner):
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...], backbone: str = "small_cnn",
                  backbone_args: dict | None = None, optimizer: str = "adam", lr: float = 1e-3,
-                 weight_decay: float = 0.0, amp: bool = True, channels_last: bool = False) -> None:
+                 weight_decay: float = 0.0, amp: bool = True, channels_last: bool = False,
+                 cosine_scale: float | None = None) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"learner.lr must be > 0, got {lr}")
         check_non_negative(weight_decay=weight_decay)
         self.backbone_name, self.backbone_args = backbone, dict(backbone_args or {})
         self.backbone = BACKBONES.build(backbone, in_channels=image_shape[0], **self.backbone_args)
-        self.class_head = GrowingClassHead(self.backbone.embed_dim, n_classes)
+        self.class_head = GrowingClassHead(self.backbone.embed_dim, n_classes, cosine_scale)
         self.channels_last = channels_last
         if channels_last:
             # Weights in channels_last too (``_embed`` converts the inputs), so convs never convert formats.

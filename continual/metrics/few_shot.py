@@ -1,4 +1,5 @@
-"""Few-shot evaluation from embeddings: N-way K-shot prototype episodes and Lake et al.'s one-shot runs.
+"""Few-shot evaluation from embeddings: N-way K-shot prototype episodes and Lake et al.'s one-shot runs
+(the official run folders, or runs built the same way from labelled drawings: ``lake_style_trials``).
 
 Distance: cosine. Both protocols classify a query by the highest cosine similarity to a class's
 prototype (the mean of its support embeddings; with one shot, the support embedding itself).
@@ -166,4 +167,88 @@ def lake_one_shot(embed_fn: Callable[[torch.Tensor], torch.Tensor], root: str | 
     return {"per_run_error": errors, "error": sum(errors) / len(errors), "runs": [r.name for r in runs]}
 
 
-__all__ = ["few_shot_report", "lake_one_shot", "prototype_episodes", "read_one_shot_run"]
+# --------------------------------------------------------------------------------------------
+# Lake-style runs built from labelled drawings (e.g. Stream.novel: alphabets never trained on)
+# --------------------------------------------------------------------------------------------
+
+
+def lake_style_trials(embedding: torch.Tensor, category: torch.Tensor, group: torch.Tensor, drawer: torch.Tensor,
+                      *, group_names: list[str], n_way: int = 20, n_trials: int = 400, seed: int = 0) -> dict:
+    """Error of ``n_way``-way one-shot trials built the way Lake et al.'s official runs are.
+
+    A trial takes ONE group (alphabet) with at least ``n_way`` categories (smaller groups are
+    skipped), ``n_way`` of its categories (a random subset when it has more) and two distinct
+    drawers A and B, drawn among those who drew every category of the group: A's drawings of those
+    categories are the examples, B's the test items. A test item is right when its most
+    cosine-similar example is of its own category, so neither the alphabet nor the drawer's hand
+    can give the answer away. Trials go round-robin over the eligible groups (in ``group_names``
+    order); every draw comes from one generator seeded by ``seed``.
+
+    ``embedding`` ``(M, D)``; ``category``, ``group``, ``drawer`` ``(M,)`` long, each category in
+    one group, each (category, drawer) at most once. Returns ``{"error", "ci95", "trials",
+    "alphabets", "per_alphabet", "n_way"}``: mean trial error (fraction), ``1.96 * std / sqrt(trials)``
+    over per-trial errors, the eligible group names, and the mean error per group that had a trial.
+    """
+    embedding = embedding.detach().float().cpu()  # (M, D)
+    category, group, drawer = (t.detach().long().cpu() for t in (category, group, drawer))  # (M,) each
+    m = embedding.shape[0] if embedding.ndim else 0
+    if embedding.ndim != 2 or m == 0 or any(t.shape != (m,) for t in (category, group, drawer)):
+        shapes = ", ".join(str(tuple(t.shape)) for t in (embedding, category, group, drawer))
+        raise ValueError(f"embedding must be (M, D) with M >= 1 and category, group, drawer (M,), got {shapes}")
+    if n_way < 2 or n_trials < 1:
+        raise ValueError(f"n_way must be >= 2 and n_trials >= 1, got {n_way} and {n_trials}")
+    if min(int(category.min()), int(drawer.min()), int(group.min())) < 0 or int(group.max()) >= len(group_names):
+        raise ValueError(f"category and drawer must be >= 0 and group in 0..{len(group_names) - 1} "
+                         f"(indices into group_names)")
+    n_cat, n_drawers = int(category.max()) + 1, int(drawer.max()) + 1
+    flat = category * n_drawers + drawer  # (M,)
+    if len(torch.unique(flat)) != m:
+        raise ValueError("each (category, drawer) pair must appear at most once")
+    table = torch.full((n_cat * n_drawers,), -1, dtype=torch.long)
+    table[flat] = torch.arange(m)
+    table = table.view(n_cat, n_drawers)  # (categories, drawers) -> image index, -1: not drawn
+    cat_group = torch.full((n_cat,), -1, dtype=torch.long)
+    cat_group[category] = group
+    if not torch.equal(cat_group[category], group):
+        raise ValueError("each category must belong to one group")
+
+    # Per group: its categories (padded with -1) and the drawers who drew all of them.
+    members = [(cat_group == g).nonzero().squeeze(1) for g in range(len(group_names))]
+    common = torch.stack([(table[mem] >= 0).all(0) if len(mem) else torch.zeros(n_drawers, dtype=torch.bool)
+                          for mem in members])  # (G, drawers)
+    eligible = [g for g, mem in enumerate(members) if len(mem) >= n_way and int(common[g].sum()) >= 2]
+    if not eligible:
+        sizes = {group_names[g]: len(mem) for g, mem in enumerate(members)}
+        raise ValueError(f"no group has n_way={n_way} categories drawn by two common drawers; categories per "
+                         f"group: {sizes}")
+    padded = torch.full((len(members), max(len(mem) for mem in members)), -1, dtype=torch.long)
+    for g, mem in enumerate(members):
+        padded[g, : len(mem)] = mem
+
+    gen = torch.Generator().manual_seed(seed)
+    trial_group = torch.tensor(eligible)[torch.arange(n_trials) % len(eligible)]  # (T,) round-robin
+    # Random keys with padding (or absent drawers) pushed last: the first columns are uniform draws
+    # without replacement.
+    keys = torch.rand(n_trials, padded.shape[1], generator=gen)
+    keys[padded[trial_group] < 0] = 2.0
+    chars = padded[trial_group].gather(1, keys.argsort(1)[:, :n_way])  # (T, N)
+    drawer_keys = torch.rand(n_trials, n_drawers, generator=gen)
+    drawer_keys[~common[trial_group]] = 2.0
+    pair = drawer_keys.argsort(1)[:, :2]  # (T, 2) drawers A, B
+    examples = table[chars, pair[:, :1]]  # (T, N) image indices, drawer A
+    tests = table[chars, pair[:, 1:]]  # (T, N) same categories, same order, drawer B
+
+    truth = torch.arange(n_way)  # test item i is of example i's category
+    errors = []
+    for start in range(0, n_trials, _EPISODE_CHUNK):
+        sl = slice(start, start + _EPISODE_CHUNK)
+        pred = _cosine_nearest(embedding[tests[sl]], embedding[examples[sl]])  # (E, N)
+        errors.append((pred != truth).float().mean(1))
+    err = torch.cat(errors).double()  # (T,)
+    std = float(err.std(unbiased=True)) if n_trials > 1 else 0.0
+    per_alphabet = {group_names[g]: float(err[trial_group == g].mean()) for g in eligible if (trial_group == g).any()}
+    return {"error": float(err.mean()), "ci95": 1.96 * std / math.sqrt(n_trials), "trials": n_trials,
+            "alphabets": [group_names[g] for g in eligible], "per_alphabet": per_alphabet, "n_way": n_way}
+
+
+__all__ = ["few_shot_report", "lake_one_shot", "lake_style_trials", "prototype_episodes", "read_one_shot_run"]

@@ -245,6 +245,10 @@ class ReportCard:
     long_tail: dict | None = None  # output of long_tail_accuracy
     learning_speed: dict | None = None  # {"k0", "k1", "k5", "k10", "area"}: accuracy after k examples
     few_shot: dict | None = None  # {"5way_1shot": {"accuracy", "ci95", ...}, ...} on never-trained categories
+    # Lake-style 20-way one-shot inside never-trained alphabets: {"error", "ci95", "trials", "alphabets", ...}
+    one_shot_new_alphabets: dict | None = None
+    # New categories met one at a time after the stream: {"10": acc, "50": acc, "all": acc, "n_all": N, "curve"}
+    one_at_a_time: dict | None = None
     timing: dict | None = None  # {"wall_s", "train_samples_per_s", "eval_share" (fraction)}
     extra: dict = field(default_factory=dict)  # later metrics, by name
 
@@ -465,6 +469,16 @@ def format_report(card: ReportCard) -> str:
                 row(f"few-shot {name.replace('_', ' ')}",
                     f"{_pct(res['accuracy'])} ± {_pct(res.get('ci95'))}  ({res.get('episodes', '?')} episodes, "
                     f"{res.get('n_classes', '?')} never-trained categories)")
+
+    lake = card.one_shot_new_alphabets
+    if lake and lake.get("error") is not None:
+        row("one-shot, new alphabets", f"error {_pct(lake['error'])} ± {_pct(lake.get('ci95'))}  "
+            f"({lake.get('n_way', 20)}-way, {lake.get('trials', '?')} trials within one alphabet, "
+            f"{len(lake.get('alphabets') or [])} never-trained alphabets)")
+    meet = card.one_at_a_time
+    if meet and meet.get("all") is not None:
+        points = "  ".join(f"after {k} {_pct(v)}" for k, v in meet.items() if k.isdigit())
+        row("met one at a time", f"{points}  after all {meet.get('n_all', '?')} {_pct(meet['all'])}")
 
     tm = card.timing or {}
     parts = []

@@ -52,7 +52,8 @@ def _omniglot_schema() -> dict:
 def _omniglot_check(**cfg) -> None:
     from continual.stream.omniglot import check_omniglot_settings
 
-    keys = ("n_experiences", "train_drawers", "heldout_per_alphabet", "image_size")
+    keys = ("n_experiences", "train_drawers", "heldout_per_alphabet", "image_size", "heldout_alphabets",
+            "alphabet_fold")
     check_omniglot_settings(**{k: cfg[k] for k in keys if k in cfg})  # no file is read
 
 

@@ -7,11 +7,40 @@ Avalanche benchmark for stock strategies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from continual.stream.attributes import AttributeSpace
+
+
+@dataclass
+class NovelImages:
+    """Categories of whole new domains (e.g. alphabets), never in the stream, not even as held-out labels.
+
+    They serve Lake-style one-shot trials within a domain nobody trained on
+    (``continual.metrics.few_shot.lake_style_trials``) and meeting new categories one at a time
+    after the stream. Every drawer of every category is here, sorted by (category, drawer).
+    """
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    category: torch.Tensor  # (N,) long local index 0..n-1 into category_names
+    group: torch.Tensor  # (N,) long index into group_names (the domain, e.g. the alphabet)
+    drawer: torch.Tensor  # (N,) long drawer / instance index (0..19 on Omniglot)
+    group_names: list[str]
+    category_names: list[str]  # e.g. "Alphabet/characterNN"
+    # (N,) long per-image value of the stream's "strokes" attribute; None when the stream has none.
+    strokes: torch.Tensor | None = None
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.category_names)
+
+    def to(self, device: torch.device | str) -> "NovelImages":
+        """A copy with every tensor on ``device``."""
+        moved = {name: getattr(self, name).to(device)
+                 for name in ("images", "category", "group", "drawer", "strokes") if getattr(self, name) is not None}
+        return replace(self, **moved)
 
 
 @dataclass
@@ -30,6 +59,10 @@ class Stream:
     attribute_space: AttributeSpace | None = None
     class_codes: torch.Tensor | None = None  # (C, n_attributes) long attribute values per label
     fine_grained_pairs: list[tuple[int, int]] = field(default_factory=list)
+    # (N, n_attributes) long codes per *training image* when an attribute varies within a category
+    # (Omniglot's stroke count): side information for training only; test images use class_codes.
+    train_codes: torch.Tensor | None = None
+    novel: NovelImages | None = None  # whole held-out domains, outside the stream's labels
 
     @property
     def n_classes(self) -> int:
@@ -63,10 +96,21 @@ class Stream:
         classes_t = torch.tensor(classes, device=self.test_y.device, dtype=torch.long)
         return torch.isin(self.test_y, classes_t).nonzero().squeeze(1)
 
+    def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
+        """Attribute codes ``(B, n_attributes)`` of the training images ``train_x[indices]``:
+        per-image codes where the stream has them, else their categories' codes."""
+        if not self.has_attributes:
+            raise ValueError(f"stream {self.name!r} has no attribute descriptions")
+        if self.train_codes is not None:
+            return self.train_codes[indices]
+        return self.class_codes[self.train_y[indices]]
+
     def to(self, device: torch.device | str) -> "Stream":
-        """Move the image and label tensors (and codes) to ``device``; returns self."""
-        for name in ("train_x", "train_y", "test_x", "test_y", "class_codes"):
+        """Move the image and label tensors (and codes, and novel images) to ``device``; returns self."""
+        for name in ("train_x", "train_y", "test_x", "test_y", "class_codes", "train_codes"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
+        if self.novel is not None:
+            self.novel = self.novel.to(device)
         return self

@@ -1,0 +1,182 @@
+"""Learning from one look: fast binding (imprinting with a description prior), cosine rows composed
+from descriptions, the logit-adjusted loss, and the protocols on a never-trained domain."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from continual.heads import FastBinding, GrowingClassHead
+from continual.heads.binding import rows_from_descriptions
+from continual.learner import LEARNERS
+from continual.memory import ClassBalancedReservoir
+from continual.metrics.novel import meet_one_at_a_time, split_drawers
+from continual.stream.attributes import WORLD_ATTRIBUTES as SPACE
+from continual.stream.stream import NovelImages
+
+SHAPE = (3, 16, 16)
+
+
+def _patterns(n: int, seed: int = 0) -> torch.Tensor:
+    """``(n, 3, 16, 16)`` float patterns in [0, 255], one per category, far apart."""
+    return torch.rand((n, *SHAPE), generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def _draw(patterns: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Images of ``labels``: their category's pattern plus pixel noise, uint8."""
+    noise = torch.randn((len(labels), *SHAPE), generator=torch.Generator().manual_seed(seed)) * 20
+    return (patterns[labels] + noise).clamp(0, 255).to(torch.uint8)
+
+
+def _learner(n_classes: int = 8, memory: int = 0, **kw):
+    torch.manual_seed(0)
+    args = dict(n_classes=n_classes, image_shape=SHAPE, class_attributes=None, attribute_blocks=None,
+                memory=ClassBalancedReservoir(memory, SHAPE), backbone="small_cnn",
+                backbone_args={"width": 8, "embed_dim": 32})
+    return LEARNERS.build("child", **{**args, **kw})
+
+
+def test_imprinted_row_is_the_normalised_mean_of_normalised_embeddings():
+    binding, head = FastBinding(4, 5, window=10, description_weight=0.0), GrowingClassHead(4, 5, cosine_scale=10.0)
+    head.grow(3)
+    z = torch.randn(6, 4)
+    y = torch.tensor([0, 0, 2, 2, 2, 1])
+    binding.observe(z, y)
+    head.write_rows(*binding.rows())
+    for c in range(3):
+        expected = F.normalize(F.normalize(z[y == c], dim=1).mean(0), dim=0)
+        assert torch.allclose(head.weight[c], expected, atol=1e-6)
+    # Rows of categories with no example yet are untouched.
+    assert not torch.allclose(F.normalize(head.weight[3], dim=0), F.normalize(binding.sums[3] + 1e-9, dim=0))
+
+
+def test_description_weighs_like_examples_and_fades_as_they_accumulate():
+    d, z = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]])
+    binding = FastBinding(2, 1, window=100, description_weight=1.0)
+    binding.describe([0], d)
+    binding.observe(z, torch.tensor([0]))
+    _, rows = binding.rows()
+    assert torch.allclose(rows[0], F.normalize(torch.tensor([1.0, 1.0]), dim=0))  # one example = the description
+    cos_after_one = float(rows[0] @ F.normalize(d[0], dim=0))
+    binding.observe(z.repeat(9, 1), torch.zeros(9, dtype=torch.long))
+    _, rows = binding.rows()
+    assert float(rows[0] @ F.normalize(d[0], dim=0)) < cos_after_one  # ten examples outweigh it
+    assert torch.allclose(rows[0], F.normalize(torch.tensor([1.0, 10.0]), dim=0))
+
+
+def test_binding_window_counts_examples_before_the_batch():
+    binding = FastBinding(2, 3, window=10)
+    binding.observe(torch.randn(15, 2), torch.zeros(15, dtype=torch.long))  # a category met all at once
+    mask, _ = binding.rows()
+    assert mask.tolist() == [True, False, False]  # still bound from all 15
+    binding.observe(torch.randn(1, 2), torch.tensor([1]))
+    mask, _ = binding.rows()
+    assert mask.tolist() == [False, True, False]  # category 0 is past its window: the gradient's now
+
+
+def test_linear_head_rows_are_written_at_the_norm_of_their_neighbours():
+    head = GrowingClassHead(4, 4)
+    head.grow(3)
+    with torch.no_grad():
+        head.weight[:2] = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0]])
+        head.bias[:2] = torch.tensor([1.0, 3.0])
+    mask = torch.tensor([False, False, True, False])
+    head.write_rows(mask, torch.tensor([[0, 0, 0, 5.0]]).repeat(4, 1))
+    assert torch.allclose(head.weight[2], torch.tensor([0, 0, 0, 3.0])) and float(head.bias[2].detach()) == 2.0
+    assert torch.equal(head.weight[0], torch.tensor([3.0, 0, 0, 0]))  # others untouched
+
+
+def test_a_new_category_is_recognised_after_one_step_with_one_example():
+    patterns = _patterns(8)
+    results = {}
+    for bind in (True, False):
+        learner = _learner(bind=bind, description_weight=0.0)
+        learner.begin_experience(0, [0, 1, 2, 3])
+        y0 = torch.arange(4).repeat(8)
+        for step in range(10):
+            learner.observe(_draw(patterns, y0, step), y0, None)
+        learner.begin_experience(1, [4, 5, 6, 7])
+        one = torch.tensor([4, 5, 6, 7])
+        learner.observe(_draw(patterns, one, 100), one, None)  # a single example of each, one step
+        test_y = torch.arange(4, 8).repeat(10)
+        pred = learner.scores(_draw(patterns, test_y, 200)).class_logits.argmax(1)  # among all 8
+        results[bind] = float((pred == test_y).float().mean())
+    assert results[True] >= 0.9, results
+    assert results[False] <= 0.5, results  # the gradient alone has not learned them in one step
+
+
+def test_logit_adjusted_loss_is_cross_entropy_on_logits_plus_log_prior():
+    learner = _learner(head="linear", bind=False, logit_adjustment=1.0, optimizer="sgd", lr=1e-9)
+    learner.begin_experience(0, [0, 1, 2])
+    y = torch.tensor([0, 0, 0, 0, 1, 2])
+    x = _draw(_patterns(3), y, 0)
+    learner.train()
+    with torch.no_grad():
+        logits = learner.class_head(learner._embed(x))  # train-mode batch statistics, as observe sees them
+    prior = torch.tensor([4 + 1, 1 + 1, 1 + 1.0])  # counts from one, so no category is impossible
+    expected = F.cross_entropy(logits + (prior / prior.sum()).log(), y)
+    assert torch.allclose(learner.observe(x, y, None), expected, atol=1e-5)
+    off = _learner(head="linear", bind=False, logit_adjustment=0.0, optimizer="sgd", lr=1e-9)
+    off.begin_experience(0, [0, 1, 2])
+    assert torch.allclose(off.observe(x, y, None), F.cross_entropy(logits, y), atol=1e-5)
+
+
+def test_rows_composed_from_descriptions_land_on_the_new_combination():
+    gen = torch.Generator().manual_seed(0)
+    value_rows = torch.randn(SPACE.vectors(torch.zeros(1, 4, dtype=torch.long)).shape[1], 64, generator=gen)
+    codes = torch.stack([torch.randint(0, s, (40,), generator=gen) for s in SPACE.sizes], 1)  # (40, 4)
+    known, new = SPACE.vectors(codes[:30]), SPACE.vectors(codes[30:])
+    truth = new @ value_rows  # (10, 64) where an additive model puts the new categories
+    composed = rows_from_descriptions(new, known, known @ value_rows, ridge=1e-3)
+    sim = F.normalize(composed, dim=1) @ F.normalize(truth, dim=1).T  # (10, 10)
+    assert torch.equal(sim.argmax(1), torch.arange(10))  # each lands nearest its own combination
+    assert float(sim.diagonal().mean()) > 0.8
+
+
+def test_cosine_head_starts_new_rows_from_the_known_categories():
+    codes = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1], [2, 3, 0, 1], [0, 1, 0, 1]])
+    learner = LEARNERS.build("child", n_classes=4, image_shape=(3, 32, 32), class_attributes=SPACE.vectors(codes),
+                             attribute_blocks=SPACE.sizes, memory=ClassBalancedReservoir(0, (3, 32, 32), 4),
+                             backbone_args={"width": 8, "embed_dim": 16})
+    learner.begin_experience(0, [0, 1, 2])
+    known = learner.class_head.weight[:3].detach().clone()
+    learner.begin_experience(1, [3])
+    expected = rows_from_descriptions(learner.class_attributes[3:4], learner.class_attributes[:3], known)
+    assert torch.allclose(learner.class_head.weight[3], expected[0], atol=1e-5)
+    assert torch.allclose(learner.binding.prior[3], F.normalize(expected[0], dim=0), atol=1e-5)
+
+
+def _novel(n_categories: int = 12, drawers: int = 20) -> NovelImages:
+    patterns = _patterns(n_categories, seed=1)
+    category = torch.arange(n_categories).repeat_interleave(drawers)
+    return NovelImages(images=_draw(patterns, category, 7), category=category,
+                       group=torch.zeros_like(category), drawer=torch.arange(drawers).repeat(n_categories),
+                       group_names=["new"], category_names=[f"c{i}" for i in range(n_categories)])
+
+
+def test_split_drawers_gives_disjoint_train_and_test_images_per_category():
+    novel = _novel(5)
+    train, test = split_drawers(novel, 15, 5, torch.Generator().manual_seed(0))
+    assert train.shape == (5, 15) and test.shape == (5, 5)
+    for c in range(5):
+        both = torch.cat([train[c], test[c]])
+        assert len(both.unique()) == 20 and bool((novel.category[both] == c).all())
+
+
+def test_meeting_categories_one_at_a_time_binds_each_and_leaves_the_run_learner_alone():
+    novel = _novel(12)
+    learner = _learner(n_classes=4 + 12, memory=40)
+    patterns = _patterns(4)
+    learner.begin_experience(0, [0, 1, 2, 3])
+    y0 = torch.arange(4).repeat(8)
+    for step in range(5):
+        learner.observe(_draw(patterns, y0, step), y0, None)
+    learner.end_experience(0, _draw(patterns, y0, 50), y0, None)
+    before = {k: v.clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}
+    out = meet_one_at_a_time(learner, novel, 4, after=(5, 10), seed=0)
+    assert set(out) == {"5", "10", "all", "n_all", "curve"} and out["n_all"] == 12
+    assert out["5"] >= 0.5 and out["all"] >= 4 / 12, out  # chance: 1/5 and 1/12
+    after = learner.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and learner.class_head.n_active == 4
+    unbound = meet_one_at_a_time(_learner(n_classes=16, bind=False), novel, 0, after=(5,), seed=0)
+    assert unbound["all"] < out["all"] - 0.15, (unbound, out)  # without binding one pass learns far less
