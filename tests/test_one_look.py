@@ -180,3 +180,18 @@ def test_meeting_categories_one_at_a_time_binds_each_and_leaves_the_run_learner_
     assert all(torch.equal(before[k], after[k]) for k in before) and learner.class_head.n_active == 4
     unbound = meet_one_at_a_time(_learner(n_classes=16, bind=False), novel, 0, after=(5,), seed=0)
     assert unbound["all"] < out["all"] - 0.15, (unbound, out)  # without binding one pass learns far less
+
+
+def test_random_affine_distorts_each_image_reproducibly_and_keeps_uint8():
+    from continual.learner.augment import RandomAffine
+
+    x = _draw(_patterns(2), torch.tensor([0, 1, 0, 1]), 0)
+    torch.manual_seed(3)
+    a = RandomAffine()(x)
+    torch.manual_seed(3)
+    b = RandomAffine()(x)
+    assert a.dtype == torch.uint8 and a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+    assert not torch.equal(a[0], RandomAffine()(x[2:3])[0])  # each image its own draw
+    same = RandomAffine(rotation=0, shear=0, scale=0, translate=0)(x)
+    assert (same.int() - x.int()).abs().max() <= 1  # zero ranges: the identity (up to resampling)

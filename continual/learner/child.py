@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from continual.heads import AttributeHead, FastBinding
 from continual.heads.binding import rows_from_descriptions
 from continual.learner.base import LEARNERS, Scores
+from continual.learner.augment import RandomAffine
 from continual.learner.common import ClassifierLearner, make_optimizer, with_replay
 from continual.memory import ClassBalancedReservoir
 
@@ -41,7 +42,7 @@ class ChildLearner(ClassifierLearner):
                  backbone: str = "small_cnn", backbone_args: dict | None = None,
                  attribute_weight: float = 1.0, attribute_init: bool = True, replay_batch_size: int = 64,
                  head: str = "cosine", cosine_scale: float = 16.0, bind: bool = True, bind_window: int = 10,
-                 bind_protect: bool = True,
+                 bind_protect: bool = True, augment: bool = False, augment_args: dict | None = None,
                  description_weight: float = 1.0, logit_adjustment: float = 1.0,
                  optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  amp: bool = True, channels_last: bool = False, compile: bool = False) -> None:
@@ -71,6 +72,7 @@ class ChildLearner(ClassifierLearner):
         self.binding = FastBinding(dim, n_classes, bind_window, description_weight) if bind else None
         self.bind_protect = bind_protect and bind
         self.logit_adjustment = logit_adjustment
+        self.augment = RandomAffine(**(augment_args or {})) if augment else None
         # (C,) training labels seen so far, replay included: the class prior pi of the adjusted loss.
         self.register_buffer("label_counts", torch.zeros(n_classes))
         if channels_last:
@@ -100,8 +102,9 @@ class ChildLearner(ClassifierLearner):
         n_new = len(y)
         x, y, codes = with_replay(self.memory, self.replay_batch_size, x, y, codes)
         self.last_batch_size = len(y)
+        x_train = self.augment(x) if self.augment is not None else x  # binding sees the real images
         with self._autocast(x.device):
-            z = self.train_forward(self._embed, x)  # (B, D)
+            z = self.train_forward(self._embed, x_train)  # (B, D)
             z_class = z
             if self.binding is not None:  # rows of categories still in their window: written, then refined
                 self.binding.observe(self._eval_embed(x[:n_new]), y[:n_new])
