@@ -21,13 +21,16 @@ sweep: setup
 	.venv/bin/python experiments/train.py -m experiment=ablation hydra.sweep.dir=$(RESULTS)/ablation $(ARGS)
 	.venv/bin/python experiments/report.py $(RESULTS)/ablation --wandb
 
-# Every sweep the paper reads, into $(RESULTS) (about an hour on 2 CPU cores; finished runs are kept,
-# so an interrupted call picks up where it stopped). Omniglot needs ../shared/data/omniglot.
+# Every sweep the paper reads, into $(RESULTS) (the first five about an hour on 2 CPU cores; the three
+# one_look sweeps add 78 runs; finished runs are kept, so an interrupted call picks up where it
+# stopped). Omniglot and one_look_omniglot need ../shared/data/omniglot.
 paper-results: setup
 	for e in ablation init_ablation baselines scaling; do \
 	  .venv/bin/python experiments/train.py -m experiment=$$e hydra.sweep.dir=$(RESULTS)/$$e || exit 1; done
 	.venv/bin/python experiments/train.py -m experiment=omniglot seed=0,1,2 progress=false threads=1 \
 	  hydra/launcher=parallel hydra.sweep.dir=$(RESULTS)/omniglot
+	for e in one_look one_look_long_tail one_look_omniglot; do \
+	  .venv/bin/python experiments/train.py -m experiment=$$e hydra.sweep.dir=$(RESULTS)/$$e || exit 1; done
 
 # Tables, figures and numbers of paper/main.tex from $(RESULTS), then the PDF when TeX is installed.
 paper: setup

@@ -2,13 +2,16 @@
 
     python experiments/paper.py --results runs/paper --out paper/generated
 
-``--results`` (default ``runs/paper``) must hold five sweeps, one folder each:
+``--results`` (default ``runs/paper``) must hold eight sweeps, one folder each:
 
-    ablation/       memory.size x learner.attribute_weight x seeds
-    init_ablation/  learner.attribute_init (true, false) x seeds, attribute heads on
-    baselines/      learner names x seeds
-    scaling/        benchmark.train_per_category x seeds
-    omniglot/       one or more runs with benchmark.name == omniglot
+    ablation/            memory.size x learner.attribute_weight x seeds
+    init_ablation/       learner.attribute_init (true, false) x seeds, attribute heads on
+    baselines/           learner names x seeds
+    scaling/             benchmark.train_per_category x seeds
+    omniglot/            one or more runs with benchmark.name == omniglot
+    one_look/            mechanism variants (configs/mechanism/, full and before among them) x seeds, world
+    one_look_long_tail/  the same on a long-tailed world
+    one_look_omniglot/   the same on Omniglot with whole alphabets held out, x alphabet folds
 
 each produced by ``python experiments/train.py -m experiment=<name> hydra.sweep.dir=runs/paper/<name>``.
 Writes into ``--out``: ``*_table.tex`` (booktabs tabulars), figures (``.pdf`` for LaTeX, ``.png``
@@ -34,12 +37,14 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from continual.logging.run_folder import write_text_atomic  # noqa: E402
 from continual.metrics.report import write_json_atomic  # noqa: E402
 from continual.results import (  # noqa: E402
-    Cell, Collection, Group, GroupSummary, Metric, Run, aggregate, collect_runs, format_cell, format_value, get_metric,
-    group_runs, latex_escape, latex_table, markdown_table, plot_accuracy_curves, plot_bars, plot_scaling,
-    scaling_latex_table, scaling_study, varying_keys, warnings_for,
+    LEARNING_SPEED_KS, ONE_LOOK_KINDS, Cell, Collection, Group, GroupSummary, Metric, Run, aggregate, collect_runs,
+    format_cell, format_value, get_metric, group_runs, latex_escape, latex_table, markdown_table, one_look_study,
+    plot_accuracy_curves, plot_bars, plot_learning_speed, plot_scaling, scaling_latex_table, scaling_study,
+    varying_keys, warnings_for,
 )
 
-SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "omniglot")
+SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "omniglot", "one_look", "one_look_long_tail",
+            "one_look_omniglot")
 ABLATION_KEYS = ("memory.size", "learner.attribute_weight")
 NAMES = {"memory.size": "memory", "learner.attribute_weight": "attribute weight", "learner.name": "learner"}
 ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "gzsl_auc", "attributes", "few_shot_1shot")
@@ -50,10 +55,12 @@ SHORT = {"A_T": "AT", "forgetting": "F", "bwt": "BWT", "fwt": "FWT", "zero_shot"
          "gzsl_seen": "seen", "gzsl_unseen": "unseen", "gzsl_auc": "AUSUC", "attributes": "attr", "fine_grained": "fine",
          "learning_speed": "speed", "few_shot_1shot": "oneshot", "few_shot_5shot": "fiveshot", "wall_s": "wall"}
 SHORT["zero_shot.chance"] = "chance"  # an ad-hoc metric (a report path): chance level of the zero-shot task
-# Ad-hoc metrics too: the learning-speed curve's points, accuracy on new categories after k examples of each.
-LEARNING_SPEED_KS = (0, 1, 5, 10)
-SHORT |= {f"learning_speed.k{k}": f"k{k}" for k in LEARNING_SPEED_KS}
+# The learning-speed curve's points, accuracy on new categories after k examples of each.
+SHORT |= {f"speed_k{k}": f"k{k}" for k in LEARNING_SPEED_KS}
 NUMBER_METRICS = tuple(SHORT)
+# The one-look tables' other columns, numbered in their own sections (null elsewhere).
+SHORT |= {"long_tail_head": "head", "long_tail_medium": "medium", "long_tail_tail": "tail", "tail_head": "tailhead",
+          "lake_error": "lake", "meet_10": "meet10", "meet_50": "meet50", "meet_all": "meetall"}
 _INCLUDE = re.compile(r"\\(input|include|includegraphics)\s*(?:\[[^\]]*\])?\s*\{\s*(generated/[^}]*?)\s*\}")
 _RESULT = re.compile(r"\\Result(PM)?\s*\{([^}]*)\}")
 
@@ -99,8 +106,8 @@ def load_sections(results: Path) -> dict[str, Collection]:
 def _fmt(x: float | None, metric: Metric) -> str:
     if x is None:
         return "n/a"
-    s = f"{x * metric.scale:.1f}"
-    return "0.0" if s == "-0.0" else s
+    s = f"{x * metric.scale:.{metric.decimals}f}"
+    return s[1:] if s.startswith("-") and float(s) == 0 else s
 
 
 def put_cell(nums: dict[str, str], prefix: str, cell: Cell, metric: Metric) -> None:
@@ -148,8 +155,25 @@ def _compare(a: float | None, b: float | None, words: tuple[str, str, str]) -> s
     return words[0] if a > b else words[1] if a < b else words[2]
 
 
+def put_comparisons(nums: dict[str, str], prefix: str, a: GroupSummary, b: GroupSummary,
+                    metrics: Sequence[Metric]) -> None:
+    """For every metric, how group ``a`` compares with ``b`` by the printed means: ``prefix/<short>/cmp``
+    (``higher than`` / ``lower than`` / ``the same as``), ``/diff`` (the printed difference) and ``/vsstd``
+    (whether that difference is larger than the larger of the two sample stds over seeds), so the prose
+    never asserts a direction the numbers contradict."""
+    for m in metrics:
+        x, y = (_rounded(s.cells[m.key].mean, m) for s in (a, b))
+        short = f"{prefix}/{SHORT.get(m.key, m.key)}"
+        nums[f"{short}/cmp"] = _compare(x, y, ("higher than", "lower than", "the same as"))
+        nums[f"{short}/diff"] = "n/a" if x is None or y is None else _fmt(abs(x - y) / m.scale, m)
+        stds = [_rounded(s.cells[m.key].std, m) for s in (a, b)]
+        spread = None if None in stds else max(stds)
+        nums[f"{short}/vsstd"] = ("not comparable to" if spread is None or x is None or y is None else
+                                  _compare(abs(x - y), spread, ("larger than", "smaller than", "equal to")))
+
+
 # --------------------------------------------------------------------------------------------
-# the five sections
+# the sections
 # --------------------------------------------------------------------------------------------
 
 
@@ -190,8 +214,7 @@ def ablation(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[s
 
 
 INIT_KEY = "learner.attribute_init"
-_K = {k: Metric(f"learning_speed.k{k}", f"speed k={k} (%)", f"$k{{=}}{k}$", f"learning_speed.k{k}")
-      for k in LEARNING_SPEED_KS}
+_K = {k: get_metric(f"speed_k{k}") for k in LEARNING_SPEED_KS}
 # The init table's columns, with a "learning speed" header spanning the k columns and the area.
 INIT_TABLE: tuple[Metric, ...] = (get_metric("A_T"), get_metric("forgetting"), get_metric("fwt"), _K[0], _K[1], _K[5],
                                   Metric("learning_speed", "speed area (%)", "area", "learning_speed.area"),
@@ -247,18 +270,8 @@ def init_ablation(c: Collection, out: Path, nums: dict[str, str], formats: Seque
     for role, s in (("on", on), ("off", off)):
         nums[f"init/{role}/k0/vschance"] = _compare(_rounded(s.cells[_K[0].key].mean, _K[0]),
                                                     _rounded(chance, _K[0]), ("above", "below", "at"))
-    # For every column (and k = 10): how the description-initialised row compares with the other, by
-    # the printed means ("higher than" / "lower than" / "the same as"), the printed difference, and
-    # whether that difference is larger than the larger of the two sample stds over seeds.
-    for m in (*INIT_TABLE, _K[10]):
-        a, b = (_rounded(s.cells[m.key].mean, m) for s in (on, off))
-        short = f"init/{SHORT.get(m.key, m.key)}"
-        nums[f"{short}/cmp"] = _compare(a, b, ("higher than", "lower than", "the same as"))
-        nums[f"{short}/diff"] = "n/a" if a is None or b is None else _fmt(abs(a - b) / m.scale, m)
-        stds = [_rounded(s.cells[m.key].std, m) for s in (on, off)]
-        spread = None if None in stds else max(stds)
-        nums[f"{short}/vsstd"] = ("not comparable to" if spread is None or a is None or b is None else
-                                  _compare(abs(a - b), spread, ("larger than", "smaller than", "equal to")))
+    # For every column (and k = 10): how the description-initialised row compares with the other.
+    put_comparisons(nums, "init", on, off, (*INIT_TABLE, _K[10]))
     nums["init/area/cmp"], nums["init/area/diff"], nums["init/area/vsstd"] = (
         nums["init/speed/cmp"], nums["init/speed/diff"], nums["init/speed/vsstd"])
     nums["init/seeds"] = _seeds_text(c)
@@ -381,10 +394,47 @@ def omniglot(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[s
                                           f"{len(c.runs)} runs"), out / "omniglot_table.tex")]
 
 
+# The one-look sweeps: which kind of study each folder holds, and the variants the prose compares
+# (the full learner against the learner before the one-look mechanisms).
+ONE_LOOK_SECTIONS = {"one_look": "world", "one_look_long_tail": "long_tail", "one_look_omniglot": "omniglot"}
+ONE_LOOK_COMPARED = ("full", "before")
+
+
+def one_look_builder(section: str) -> Callable[[Collection, Path, dict, Sequence[str]], list[Path]]:
+    """The builder of one one-look sweep: ``continual.results.one_look_study`` groups its runs by
+    mechanism variant (Omniglot's alphabet folds pooled with the seeds); here only its table, its
+    numbers (``onelook/<kind>/<variant>/<short>``, ``onelook/<kind>/<short>/cmp`` full against before,
+    ``onelook/<kind>/<fact>``) and, for the world, the learning-speed figure."""
+    kind = ONE_LOOK_KINDS[ONE_LOOK_SECTIONS[section]]
+    prefix = f"onelook/{kind.name.replace('_', '')}"
+
+    def build(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+        try:
+            study = one_look_study(c.runs, kind, require=ONE_LOOK_COMPARED, extra=NUMBER_METRICS)
+        except ValueError as err:
+            raise PaperError(f"{c.roots[0]}: {err} (`{command_for(section, c.roots[0].parent)}` runs it)") from err
+        for s in study.summaries:
+            put_summary(nums, f"{prefix}/{s.group.settings['mechanism']}", s)
+        put_comparisons(nums, prefix, *(study.summary(m) for m in ONE_LOOK_COMPARED),
+                        [*study.metrics, *(get_metric(m) for m in ("learning_speed", "few_shot_1shot"))])
+        for key, value in study.facts.items():
+            nums[f"{prefix}/{key}"] = "n/a" if value is None else _list(value if isinstance(value, list) else [value])
+        comment = f"{len(c.runs)} runs"
+        files = [write_text_atomic(study.latex_table(comment), out / f"{section}_table.tex"),
+                 write_text_atomic(study.markdown_table() + "\n", out / f"{section}_table.md")]
+        if kind.name == "world":
+            files += plot_learning_speed(study.summaries, out / "learning_speed", formats=formats,
+                                         title="learning speed per mechanism variant (mean ± std over seeds)")
+        return files
+
+    return build
+
+
 # Cheapest first: a sweep of the wrong kind fails before any figure is drawn for the others.
 BUILDERS: dict[str, Callable[[Collection, Path, dict, Sequence[str]], list[Path]]] = {
-    "omniglot": omniglot, "init_ablation": init_ablation, "ablation": ablation, "baselines": baselines,
-    "scaling": scaling}
+    "omniglot": omniglot, "one_look_omniglot": one_look_builder("one_look_omniglot"),
+    "one_look_long_tail": one_look_builder("one_look_long_tail"), "init_ablation": init_ablation,
+    "ablation": ablation, "baselines": baselines, "scaling": scaling, "one_look": one_look_builder("one_look")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +546,7 @@ def _git(run: Run) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the five sweeps")
+    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the eight sweeps")
     parser.add_argument("--out", type=Path, default=ROOT / "paper" / "generated")
     parser.add_argument("--tex", type=Path, default=ROOT / "paper" / "main.tex", help="the paper to check against")
     args = parser.parse_args(argv)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from continual.results import Run, collect_runs
-from tests.conftest import ROOT
-from tests.test_results import fake_paper_results, fake_sweep, load_script
+from tests.conftest import ROOT, SHARED
+from tests.test_results import fake_one_look, fake_paper_results, fake_sweep, load_script, variant_of
 
 paper = load_script("paper")
 MAIN_TEX = ROOT / "paper" / "main.tex"
@@ -60,8 +60,10 @@ def test_generator_produces_everything_main_tex_uses(generated):
     # Every sweep's runs and the device setting of their configs (the fake baselines ran with device=cuda).
     assert numbers["runs/devices"] == (r"ablation: 8 runs, device auto; init\_ablation: 4 runs, device auto; "
                                        "baselines: 6 runs, device cuda; scaling: 8 runs, device auto; "
-                                       "omniglot: 2 runs, device auto")  # folders without a machine name
-    assert numbers["runs/total"] == "28"
+                                       r"omniglot: 2 runs, device auto; one\_look: 6 runs, device auto; "
+                                       r"one\_look\_long\_tail: 4 runs, device auto; "
+                                       r"one\_look\_omniglot: 12 runs, device auto")  # folders without a machine name
+    assert numbers["runs/total"] == "50"
 
 
 def test_init_ablation_table_and_numbers(generated):
@@ -106,6 +108,128 @@ def test_init_subsection_types_no_number():
     prose = re.sub(r"\\Result(PM)?\{[^}]*\}", "", paper._strip_comments(prose))
     prose = re.sub(r"\$[^$]*\$", "", prose)
     assert r"\Result" not in prose and not re.search(r"\d", prose), prose
+
+
+# ----------------------------------------------------------------------------------------------
+# learning from one look: tables and numbers recomputed from the report.json files
+# ----------------------------------------------------------------------------------------------
+
+ONE_LOOK_TABLES = {  # sweep folder -> (numbers prefix, [(metric short name, report path, unit), ...] in column order)
+    "one_look": ("onelook/world", [("AT", "average_accuracy", "pct"), ("k0", "learning_speed.k0", "pct"),
+                                   ("k1", "learning_speed.k1", "pct"), ("k5", "learning_speed.k5", "pct"),
+                                   ("k10", "learning_speed.k10", "pct"), ("ZS", "zero_shot.accuracy", "pct")]),
+    "one_look_long_tail": ("onelook/longtail", [("AT", "average_accuracy", "pct"),
+                                                ("head", "long_tail.head", "pct"),
+                                                ("medium", "long_tail.medium", "pct"),
+                                                ("tail", "long_tail.tail", "pct"),
+                                                ("tailhead", "long_tail.tail/long_tail.head", "ratio")]),
+    "one_look_omniglot": ("onelook/omniglot", [("k1", "learning_speed.k1", "pct"),
+                                               ("lake", "one_shot_new_alphabets.error", "pct"),
+                                               ("meet10", "one_at_a_time.10", "pct"),
+                                               ("meet50", "one_at_a_time.50", "pct"),
+                                               ("meetall", "one_at_a_time.all", "pct")]),
+}
+
+
+def _report_value(report: dict, path: str) -> float | None:
+    if "/" in path:
+        num, den = (_report_value(report, p) for p in path.split("/"))
+        return None if num is None or not den else num / den
+    node = report
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _expected(values: list, unit: str) -> tuple[str, str, str]:
+    """(table cell, mean, std) as printed, recomputed with numpy from the runs' values (None: missing)."""
+    present = [v for v in values if v is not None]
+    scale, d = (1, 2) if unit == "ratio" else (100, 1)
+    if not present:
+        return "n/a", "n/a", "n/a"
+    mean = f"{scale * np.mean(present):.{d}f}"
+    std = f"{scale * np.std(present, ddof=1):.{d}f}" if len(present) > 1 else None
+    cell = f"${mean}$" if std is None else f"${mean} \\pm {std}$"
+    if len(present) < len(values):
+        cell += f" [{len(present)}/{len(values)}]"
+    return cell, mean, std or "n/a"
+
+
+def check_one_look(results: Path, out: Path) -> dict[str, set[str]]:
+    """Every one-look table row and its numbers equal the mean ± std recomputed from the report.json files of
+    the runs Hydra recorded as that variant (over seeds, and alphabet folds on Omniglot). Returns the variants."""
+    numbers = _numbers(out / "numbers.tex")
+    found = {}
+    for sweep, (prefix, columns) in ONE_LOOK_TABLES.items():
+        runs = collect_runs(results / sweep).runs
+        variants = {variant_of(r.path) for r in runs}
+        rows = {line.split(" & ")[0]: line.removesuffix(r" \\").split(" & ")
+                for line in (out / f"{sweep}_table.tex").read_text().splitlines() if " & " in line}
+        assert {name.replace("_", r"\_") for name in variants} <= set(rows), sweep
+        for name in variants:
+            mine = [r for r in runs if variant_of(r.path) == name]
+            row = rows[name.replace("_", r"\_")]
+            assert row[1] == str(len(mine)), (sweep, name)
+            for (short, path, unit), cell in zip(columns, row[2:], strict=True):
+                want, mean, std = _expected([_report_value(r.report, path) for r in mine], unit)
+                assert cell == want, (sweep, name, short)
+                assert numbers[f"{prefix}/{name}/{short}"] == mean, (sweep, name, short)
+                assert numbers[f"{prefix}/{name}/{short}/std"] == std, (sweep, name, short)
+        for short, path, unit in columns:  # the prose's comparison follows the printed means
+            a, b = (float(numbers[f"{prefix}/{v}/{short}"]) if numbers[f"{prefix}/{v}/{short}"] != "n/a" else None
+                    for v in ("full", "before"))
+            assert numbers[f"{prefix}/{short}/cmp"] == ("n/a" if a is None or b is None else "higher than" if a > b
+                                                       else "lower than" if a < b else "the same as")
+        assert numbers[f"{prefix}/runs"] == str(len(runs))
+        assert numbers[f"{prefix}/seeds"] == str(len({r.seed for r in runs}))
+        found[sweep] = variants
+    return found
+
+
+def test_one_look_tables_and_numbers(generated):
+    results, out, written = generated
+    found = check_one_look(results, out)
+    assert found == {"one_look": {"full", "no_bind", "before"}, "one_look_long_tail": {"full", "before"},
+                     "one_look_omniglot": {"full", "no_bind", "before"}}
+    numbers = _numbers(out / "numbers.tex")
+    # Omniglot: one row per variant over 2 folds x 2 seeds; the fold that met 40 characters has no "50" point.
+    assert numbers["onelook/omniglot/full/lake/n"] == "4" and numbers["onelook/omniglot/full/meet50/n"] == "2"
+    assert numbers["onelook/omniglot/folds"] == "2" and numbers["onelook/omniglot/nall"] == "40, 60"
+    assert numbers["onelook/omniglot/nway"] == "20" and numbers["onelook/world/bindwindow"] == "10"
+    assert {"learning_speed.pdf", "learning_speed.png", "one_look_table.md"} <= {p.name for p in written}
+    assert r"\multicolumn{4}{c}{learning speed}" in (out / "one_look_table.tex").read_text()
+
+
+def test_one_look_section_types_no_number_but_the_literature():
+    """The one-look section takes every number from a macro; the only typed ones are the cited anchors."""
+    tex = paper._strip_comments(MAIN_TEX.read_text())
+    start = tex.index(r"\section{Learning from one look}")
+    prose = tex[start:tex.index(r"\section{Limitations}", start)]
+    prose = re.sub(r"\\begin\{(table|figure)\}.*?\\end\{\1\}", "", prose, flags=re.S)  # captions may say k = 0..10
+    anchors = ["23.2\\%", "30.1\\%", "4.2\\%", "4.5\\%"]  # Lake et al. 2015, 2019, cited beside them
+    assert all(a in prose for a in anchors)
+    for a in anchors:
+        prose = prose.replace(a, "")
+    prose = re.sub(r"\\(Result(PM)?|cite|ref|label)\{[^}]*\}", "", prose)
+    prose = re.sub(r"\$[^$]*\$", "", prose)
+    assert r"\Result" not in prose and not re.search(r"\d", prose), re.findall(r".{30}\d.{30}", prose)
+
+
+@pytest.mark.parametrize("sweep, change, match", [
+    ("one_look", "drop_before", "no run of mechanism before"),
+    ("one_look_omniglot", "world", "not of the omniglot one-look sweep"),
+])
+def test_one_look_sweeps_of_the_wrong_kind_are_refused(tmp_path, sweep, change, match):
+    rng = np.random.default_rng(4)
+    results = fake_paper_results(tmp_path / "results", rng, seeds=(0,))
+    shutil.rmtree(results / sweep)
+    if change == "drop_before":
+        fake_one_look(results / sweep, "world", ["full", "no_bind"], [0], rng)
+    else:
+        fake_one_look(results / sweep, "world", ["full", "before"], [0], rng)
+    with pytest.raises(paper.PaperError, match=match) as err:
+        paper.generate(results, tmp_path / "out", None)
+    assert f"experiment={sweep} hydra.sweep.dir=" in str(err.value)
 
 
 def test_devices_names_the_machine_or_else_the_setting(tmp_path):
@@ -222,38 +346,98 @@ def test_main_tex_compiles_with_the_generated_files(generated, tmp_path):
     assert (tmp_path / "main.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_paper_from_real_tiny_sweeps(tmp_path):
-    """The paper's own experiment configs, shrunk and run for real through Hydra's parallel launcher
-    (one command per sweep, as `make paper-results` does), then the generator: every table, figure and
-    number main.tex uses comes out of genuine run folders. Omniglot is faked (it needs ../shared)."""
+OMNIGLOT_DATA = SHARED / "data" / "omniglot"
+HAS_OMNIGLOT = all((OMNIGLOT_DATA / f"images_background_small{i}.zip").is_file() for i in (1, 2))
+
+
+@pytest.fixture(scope="module")
+def real_tiny(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
+    """The paper's own experiment configs, shrunk and run for real through Hydra's parallel launcher (one
+    command per sweep, as `make paper-results` does), then the generator. The Omniglot stream of the paper
+    is faked; the one-look Omniglot sweep runs for real when ../shared holds the archives, else it is faked
+    too (its own test is then skipped)."""
     import os
     import sys
 
+    tmp_path = tmp_path_factory.mktemp("real-tiny")
     tiny = ["benchmark.n_experiences=2", "benchmark.categories_per_experience=3", "benchmark.n_heldout=3",
             "benchmark.train_per_category=12", "benchmark.test_per_category=6", "train.epochs=1",
             "learner.backbone_args.width=8", "learner.backbone_args.embed_dim=16", "eval.few_shot.episodes=10",
             "eval.few_shot.n_way=3", f"benchmark.cache_dir={tmp_path / 'cache'}", "hydra.launcher.n_jobs=2"]
+    tiny_omniglot = ["benchmark.n_experiences=1", "train.epochs=1", "learner.backbone_args.width=8",
+                     "learner.backbone_args.embed_dim=16", "eval.few_shot.episodes=20",
+                     "eval.new_domain.one_shot_trials=20", "eval.new_domain.max_categories=12",
+                     f"benchmark.data_root={OMNIGLOT_DATA}", f"benchmark.cache_dir={tmp_path / 'cache'}",
+                     "hydra.launcher.n_jobs=2"]
     sweeps = {  # the CLI grid replaces the experiment's own (smaller, same keys)
-        "ablation": ["memory.size=0,24", "learner.attribute_weight=0,1", "seed=0,1"],
-        "init_ablation": ["memory.size=24", "learner.attribute_init=true,false", "seed=0,1"],
-        "baselines": ["memory.size=24", "learner=child,er,joint", "seed=0,1"],
-        "scaling": ["benchmark.train_per_category=4,8", "train.min_steps=2", "seed=0,1"],
+        "ablation": [*tiny, "memory.size=0,24", "learner.attribute_weight=0,1", "seed=0,1"],
+        "init_ablation": [*tiny, "memory.size=24", "learner.attribute_init=true,false", "seed=0,1"],
+        "baselines": [*tiny, "memory.size=24", "learner=child,er,joint", "seed=0,1"],
+        "scaling": [*tiny, "benchmark.train_per_category=4,8", "train.min_steps=2", "seed=0,1"],
+        "one_look": [*tiny, "mechanism=full,before", "seed=0,1"],
+        # Zipf counts 12, 6, then 5 each; without the experiment's 100 steps per experience (the balanced world's).
+        "one_look_long_tail": [*tiny, "train.min_steps=0", "mechanism=full,before", "seed=0,1"],
     }
+    if HAS_OMNIGLOT:  # two held-out alphabet folds pooled in one row per variant
+        sweeps["one_look_omniglot"] = [*tiny_omniglot, "mechanism=full,before", "benchmark.alphabet_fold=0,1",
+                                       "seed=0"]
     results = tmp_path / "results"
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     for name, grid in sweeps.items():
-        cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "-m", f"experiment={name}", *tiny, *grid,
+        cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "-m", f"experiment={name}", *grid,
                f"hydra.sweep.dir={results / name}"]
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert len(collect_runs(results / name).runs) == {"ablation": 8, "baselines": 6}.get(name, 4), name
+    rng = np.random.default_rng(0)
     fake_sweep(results / "omniglot", [{"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}],
-               (0, 1), np.random.default_rng(0), {"n_way": 20})
+               (0, 1), rng, {"n_way": 20})
+    if not HAS_OMNIGLOT:
+        fake_one_look(results / "one_look_omniglot", "omniglot", ["full", "before"], (0,), rng)
     written = paper.generate(results, tmp_path / "generated", MAIN_TEX)  # raises if main.tex asks for more
+    return results, tmp_path / "generated", written
+
+
+def test_paper_from_real_tiny_sweeps(real_tiny):
+    """Every table, figure and number main.tex uses comes out of genuine run folders."""
+    results, out, written = real_tiny
     files, keys = paper.tex_requirements(MAIN_TEX.read_text())
-    assert all((tmp_path / "generated" / f.split("/", 1)[1]).is_file() for f in files)
-    numbers = _numbers(tmp_path / "generated" / "numbers.tex")
+    assert all((out / f.split("/", 1)[1]).is_file() for f in files)
+    numbers = _numbers(out / "numbers.tex")
     child = [r for r in collect_runs(results / "baselines").runs if r.config["learner"]["name"] == "child"]
     assert numbers["child/AT"] == f"{100 * np.mean([r.report['average_accuracy'] for r in child]):.1f}"
     assert numbers["ablation/memories"] == "0, 24" and numbers["scaling/ns"] == "4, 8"
     assert len(written) >= len(files)
+
+
+def test_one_look_tables_from_real_tiny_sweeps(real_tiny):
+    """The one-look tables and numbers of real runs equal what their report.json files say, per variant as
+    Hydra recorded it (mechanism=...), which config.json does not name."""
+    results, out, _ = real_tiny
+    found = check_one_look(results, out)
+    assert found["one_look"] == found["one_look_long_tail"] == {"full", "before"}
+    numbers = _numbers(out / "numbers.tex")
+    for r in collect_runs(results / "one_look_long_tail").runs:  # the long tail is really long-tailed
+        lt = r.report["long_tail"]
+        assert lt["thresholds"]["head_min_count"] > lt["thresholds"]["tail_max_count"]
+    assert numbers["onelook/longtail/exponent"] == "1" and numbers["onelook/longtail/nmax"] == "12"
+    assert numbers["onelook/world/k1/cmp"] in ("higher than", "lower than", "the same as")
+
+
+@pytest.mark.skipif(not HAS_OMNIGLOT, reason=f"Omniglot archives not found in {OMNIGLOT_DATA} (../shared)")
+def test_one_look_omniglot_from_real_tiny_sweep(real_tiny):
+    """Real Omniglot runs with two alphabets held out, two folds: Lake-style error and meeting characters one at
+    a time, each row pooled over both folds; fewer than 50 characters met, so no "50" point."""
+    results, out, _ = real_tiny
+    runs = collect_runs(results / "one_look_omniglot").runs
+    assert {r.config["benchmark"]["alphabet_fold"] for r in runs} == {0, 1}
+    numbers = _numbers(out / "numbers.tex")
+    for name in ("full", "before"):
+        mine = [r for r in runs if variant_of(r.path) == name]
+        errors = [r.report["one_shot_new_alphabets"]["error"] for r in mine]
+        assert len(mine) == 2 and len({tuple(r.report["one_shot_new_alphabets"]["alphabets"]) for r in mine}) == 2
+        assert numbers[f"onelook/omniglot/{name}/lake"] == f"{100 * np.mean(errors):.1f}"
+        assert numbers[f"onelook/omniglot/{name}/lake/n"] == "2"
+        assert numbers[f"onelook/omniglot/{name}/meet50"] == "n/a"
+    assert numbers["onelook/omniglot/folds"] == "2" and numbers["onelook/omniglot/nall"] == "12"
+    assert numbers["onelook/omniglot/nway"] == "20" and numbers["onelook/omniglot/trials"] == "20"

@@ -15,11 +15,11 @@ import pytest
 
 from continual.metrics.report import ReportCard, write_json_atomic
 from continual.results import (
-    aggregate, collect_runs, csv_text, fit_log_linear, fit_two_segment, flatten, format_cell, format_value,
-    get_metric, group_runs, latex_escape, latex_table, metric_value, read_csv, scaling_study,
-    summarize, varying_keys, warnings_for, write_tables,
+    MECHANISMS, Run, aggregate, collect_runs, csv_text, fit_log_linear, fit_two_segment, flatten, format_cell,
+    format_value, get_metric, group_runs, latex_escape, latex_table, learning_speed_curve, mechanism_of, metric_value,
+    one_look_study, plot_learning_speed, read_csv, scaling_study, summarize, varying_keys, warnings_for, write_tables,
 )
-from tests.conftest import ROOT, TINY, compose_config
+from tests.conftest import CONFIGS, ROOT, TINY, compose_config
 
 
 def load_script(name: str):
@@ -40,7 +40,9 @@ scaling_cli = load_script("scaling")
 BASE_CONFIG: dict = {
     "benchmark": {"name": "world", "n_experiences": 3, "categories_per_experience": 4, "n_heldout": 5,
                   "train_per_category": 24, "test_per_category": 8, "seed": 0, "cache_dir": "/tmp/cache"},
-    "learner": {"name": "child", "backbone": "small_cnn", "attribute_weight": 1.0, "attribute_init": True, "lr": 0.002},
+    "learner": {"name": "child", "backbone": "small_cnn", "attribute_weight": 1.0, "attribute_init": True, "lr": 0.002,
+                "head": "cosine", "cosine_scale": 16.0, "bind": True, "bind_window": 10, "bind_protect": True,
+                "description_weight": 1.0, "logit_adjustment": 1.0},
     "memory": {"size": 48},
     "logger": {"wandb": {"mode": "disabled", "project": "continual"}},
     "seed": 0, "device": "auto", "progress": False,
@@ -111,8 +113,9 @@ def fake_sweep(root: Path, cells: Sequence[Mapping[str, Any]], seeds: Sequence[i
 
 
 def fake_paper_results(results: Path, rng: np.random.Generator, seeds: Sequence[int] = (0, 1)) -> Path:
-    """The five sweeps ``experiments/paper.py`` reads, small: 2x2 ablation, description init on/off, 3 learners
-    (on device cuda, the others auto), 4 sizes, Omniglot."""
+    """The eight sweeps ``experiments/paper.py`` reads, small: 2x2 ablation, description init on/off, 3 learners
+    (on device cuda, the others auto), 4 sizes, Omniglot, and the one-look variants on the world (3), the long
+    tail (2) and Omniglot (3, two alphabet folds)."""
     fake_sweep(results / "ablation", [{"memory__size": m, "learner__attribute_weight": w}
                                       for m in (0, 200) for w in (0, 1.0)], seeds, rng)
     init = fake_sweep(results / "init_ablation", [{"learner__attribute_init": v} for v in (True, False)], seeds, rng)
@@ -126,7 +129,65 @@ def fake_paper_results(results: Path, rng: np.random.Generator, seeds: Sequence[
     fake_sweep(results / "scaling", [{"benchmark__train_per_category": n} for n in (5, 10, 50, 100)], seeds, rng)
     fake_sweep(results / "omniglot", [{"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}],
                seeds, rng, {"n_way": 20})
+    fake_one_look(results / "one_look", "world", ["full", "no_bind", "before"], seeds, rng)
+    fake_one_look(results / "one_look_long_tail", "long_tail", ["full", "before"], seeds, rng)
+    fake_one_look(results / "one_look_omniglot", "omniglot", ["full", "no_bind", "before"], seeds, rng)
     return results
+
+
+ONE_LOOK_FAKE = {"world": {}, "long_tail": {"benchmark__long_tail_exponent": 1.0},
+                 "omniglot": {"benchmark__name": "omniglot", "benchmark__heldout_alphabets": 2,
+                              "eval__new_domain__train_per_category": 15, "eval__new_domain__test_per_category": 5}}
+
+
+def fake_one_look(root: Path, kind: str, mechanisms: Sequence[str], seeds: Sequence[int], rng: np.random.Generator,
+                  folds: Sequence[int] = (0, 1)) -> list[Path]:
+    """A one-look sweep (``configs/experiment/one_look*.yaml``, small): every mechanism variant x seed (x alphabet
+    fold on Omniglot), configs as the variant resolves them, reports with that sweep's metrics at random values.
+    Omniglot's first fold meets fewer than 50 characters (no ``50`` point), as a fold of small alphabets does."""
+    from continual.results import MECHANISMS
+
+    job, paths = 0, []
+    for mech in mechanisms:
+        switches = {k.replace(".", "__"): v for k, v in MECHANISMS[mech].items()}
+        for fold in folds if kind == "omniglot" else [None]:
+            for seed in seeds:
+                cell = {**ONE_LOOK_FAKE[kind], **switches}
+                if fold is not None:
+                    cell["benchmark__alphabet_fold"] = fold
+                report = fake_report(rng, n_way=20 if kind == "omniglot" else 5)
+                k = np.sort(rng.uniform(0, 1, 4))
+                report["learning_speed"] = {"k0": k[0], "k1": k[1], "k5": k[2], "k10": k[3], "area": float(k.mean())}
+                if kind == "long_tail":
+                    tail, medium, head = np.sort(rng.uniform(0.1, 0.9, 3))
+                    report["long_tail"] = {"head": head, "medium": medium, "tail": tail,
+                                           "thresholds": {"head_min_count": 50, "tail_max_count": 10}}
+                if kind == "omniglot":
+                    names = [f"alphabet{2 * fold}", f"alphabet{2 * fold + 1}"]
+                    per = {a: float(rng.uniform(0.2, 0.8)) for a in names}
+                    report["one_shot_new_alphabets"] = {"error": float(np.mean(list(per.values()))), "ci95": 0.05,
+                                                        "trials": 40, "alphabets": names, "per_alphabet": per,
+                                                        "n_way": 20}
+                    n_all = 40 if fold == 0 else 60
+                    meet = {"10": float(rng.uniform(0.5, 1)), "all": float(rng.uniform(0.3, 0.6))}
+                    if n_all > 50:
+                        meet["50"] = float(rng.uniform(0.4, 0.8))
+                    report["one_at_a_time"] = {**meet, "n_all": n_all,
+                                               "curve": {k: v for k, v in meet.items() if k != "all"}}
+                paths.append(write_run(root / str(job), fake_config(seed, **cell),
+                                       json.loads(json.dumps(report, default=float))))
+                # As Hydra records a sweep job's overrides: the variant's name, which config.json does not hold.
+                (root / str(job) / ".hydra").mkdir()
+                (root / str(job) / ".hydra" / "overrides.yaml").write_text(f"- mechanism={mech}\n- seed={seed}\n")
+                job += 1
+    return paths
+
+
+def variant_of(run_dir: Path) -> str:
+    """The ``mechanism=`` override Hydra recorded for a sweep job (independent of ``mechanism_of``)."""
+    lines = (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
+    (name,) = [line.split("=", 1)[1] for line in lines if line.lstrip("- ").startswith("mechanism=")]
+    return name
 
 
 def _ablation(root: Path, rng: np.random.Generator, seeds: Sequence[int] = (0, 1, 2)) -> list[Path]:
@@ -451,3 +512,95 @@ def test_collects_genuine_tiny_runs(tmp_path, world_cache):
     assert s.cells["zero_shot"].n == 2 and s.cells["few_shot_1shot"].n == 2  # the tiny stream's 4-way episodes
     assert report_cli.main([str(root), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "accuracy_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ----------------------------------------------------------------------------------------------
+# learning from one look: mechanism variants, new metrics, folds pooled
+# ----------------------------------------------------------------------------------------------
+
+
+def test_every_mechanism_config_reads_back_as_its_own_name():
+    """A run folder holds the resolved learner, not the variant's name: each configs/mechanism/ file,
+    composed, must be recognised as itself (so MECHANISMS cannot drift from the configs)."""
+    assert set(MECHANISMS) == {p.stem for p in (CONFIGS / "mechanism").glob("*.yaml")}
+    for name in MECHANISMS:
+        cfg = compose_config([f"mechanism={name}"])
+        assert mechanism_of(Run(path=Path(name), config=cfg, flat=flatten(cfg), report={})) == name
+    cfg = compose_config(["mechanism=before", "learner.logit_adjustment=1.0"])  # two of before's three switches
+    assert mechanism_of(Run(path=Path("x"), config=cfg, flat=flatten(cfg), report={})) is None
+    old = fake_config(0)
+    del old["learner"]["bind"]  # a run from before the mechanisms existed, or another learner
+    assert mechanism_of(Run(path=Path("y"), config=old, flat=flatten(old), report={})) is None
+
+
+def test_new_metrics_read_the_report_and_the_ratio_is_per_run():
+    report = {"learning_speed": {"k0": 0.1, "k1": 0.4, "k5": 0.6, "k10": 0.7, "area": 0.5},
+              "long_tail": {"head": 0.8, "medium": 0.5, "tail": 0.2},
+              "one_shot_new_alphabets": {"error": 0.3}, "one_at_a_time": {"10": 0.9, "all": 0.6, "n_all": 30}}
+    assert [metric_value(report, f"speed_k{k}") for k in (0, 1, 5, 10)] == [0.1, 0.4, 0.6, 0.7]
+    assert metric_value(report, "tail_head") == pytest.approx(0.25)
+    assert metric_value(report, "lake_error") == 0.3 and metric_value(report, "meet_all") == 0.6
+    assert metric_value(report, "meet_50") is None  # fewer than 50 met: no such point
+    assert metric_value({"long_tail": {"head": 0.0, "tail": 0.1}}, "tail_head") is None
+    assert metric_value({"long_tail": None}, "tail_head") is None
+    ratio = get_metric("tail_head")
+    assert format_cell(summarize([0.25, 0.5]), ratio) == "0.38 ± 0.18" and ratio.scale == 1.0
+
+
+def test_one_look_study_groups_by_variant_and_pools_alphabet_folds(tmp_path):
+    rng = np.random.default_rng(10)
+    fake_one_look(tmp_path / "omni", "omniglot", ["before", "full"], [0, 1], rng, folds=(0, 1))
+    runs = collect_runs(tmp_path / "omni").runs
+    study = one_look_study(runs, "omniglot", require=["full", "before"])
+    assert study.mechanisms == ["full", "before"]  # the sweeps' order, not the folders'
+    for s in study.summaries:
+        mine = [r for r in runs if variant_of(r.path) == s.group.settings["mechanism"]]
+        assert len(mine) == s.n_runs == 4  # 2 folds x 2 seeds in one row
+        errors = [r.report["one_shot_new_alphabets"]["error"] for r in mine]
+        assert s.cells["lake_error"].mean == pytest.approx(np.mean(errors))
+        assert s.cells["lake_error"].std == pytest.approx(np.std(errors, ddof=1))
+        assert s.cells["meet_50"].n == 2 and s.cells["meet_50"].partial  # fold 0 met only 40
+    assert study.facts["folds"] == 2 and study.facts["nall"] == [40, 60] and study.facts["heldout"] == 2
+    assert study.facts["alphabets"] == 4 and study.facts["trials"] == 40 and study.facts["bindwindow"] == 10
+    tex = study.latex_table("8 runs")
+    assert r"\multicolumn{3}{c}{met one at a time, after} \\ " in tex and r"\cmidrule(lr){5-7}" in tex
+    rows = [line for line in tex.splitlines() if line.startswith(("full &", "before &"))]
+    assert len(rows) == 2 and all(len(r.split(" & ")) == 7 for r in rows) and "[2/4]" in rows[0]
+    # A sweep of another kind, or one without a variant the caller needs, is refused naming why.
+    with pytest.raises(ValueError, match="not of the world one-look sweep.*benchmark.name is 'omniglot'"):
+        one_look_study(runs, "world")
+    with pytest.raises(ValueError, match="no run of mechanism no_bind"):
+        one_look_study(runs, "omniglot", require=["no_bind"])
+
+
+def test_one_look_study_refuses_what_is_no_variant_or_varies_besides(tmp_path):
+    rng = np.random.default_rng(11)
+    paths = fake_one_look(tmp_path / "w", "world", ["full", "no_bind"], [0, 1], rng)
+    cfg = json.loads((paths[0] / "config.json").read_text())
+    cfg["train"]["epochs"] = 7
+    write_json_atomic(cfg, paths[0] / "config.json")
+    with pytest.raises(ValueError, match="config keys train.epochs vary"):
+        one_look_study(collect_runs(tmp_path / "w").runs, "world")
+    cfg["train"]["epochs"], cfg["learner"]["head"], cfg["learner"]["bind"] = 1, "linear", False  # half of before
+    write_json_atomic(cfg, paths[0] / "config.json")
+    with pytest.raises(ValueError, match="no variant of configs/mechanism/"):
+        one_look_study(collect_runs(tmp_path / "w").runs, "world")
+    cfg["learner"]["head"], cfg["learner"]["bind"], cfg["learner"]["description_weight"] = "cosine", True, 0.5
+    write_json_atomic(cfg, paths[0] / "config.json")  # still "full" by its switches, but not the same learner
+    with pytest.raises(ValueError, match="runs of mechanism 'full' differ in learner.description_weight"):
+        one_look_study(collect_runs(tmp_path / "w").runs, "world")
+    with pytest.raises(ValueError, match="balanced"):
+        one_look_study(collect_runs(tmp_path / "w").runs, "long_tail")
+
+
+def test_learning_speed_curve_and_figure(tmp_path):
+    fake_one_look(tmp_path / "w", "world", ["full", "before"], [0, 1, 2], np.random.default_rng(12))
+    study = one_look_study(collect_runs(tmp_path / "w").runs, "world")
+    for s in study.summaries:
+        mean, std, count = learning_speed_curve(s.group)
+        k1 = [r.report["learning_speed"]["k1"] for r in s.group.runs]
+        assert mean[1] == pytest.approx(np.mean(k1)) and std[1] == pytest.approx(np.std(k1, ddof=1))
+        assert list(count) == [3, 3, 3, 3] and mean[1] == pytest.approx(s.cells["speed_k1"].mean)
+    paths = plot_learning_speed(study.summaries, tmp_path / "out" / "learning_speed")
+    assert [p.name for p in paths] == ["learning_speed.pdf", "learning_speed.png"]
+    assert paths[1].read_bytes()[:8] == PNG_MAGIC

@@ -43,7 +43,7 @@ class ChildLearner(ClassifierLearner):
                  attribute_weight: float = 1.0, attribute_init: bool = True, replay_batch_size: int = 64,
                  head: str = "cosine", cosine_scale: float = 16.0, bind: bool = True, bind_window: int = 10,
                  bind_protect: bool = True, augment: bool = False, augment_args: dict | None = None,
-                 description_weight: float = 1.0, logit_adjustment: float = 1.0,
+                 description_weight: float = 0.25, logit_adjustment: float = 1.0,
                  optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  amp: bool = True, channels_last: bool = False, compile: bool = False) -> None:
         if attribute_weight < 0:

@@ -20,8 +20,8 @@ from continual.metrics.report import average_accuracy_curve
 from continual.results.collect import Group, Run
 
 __all__ = [
-    "DEFAULT_METRICS", "METRICS", "Cell", "GroupSummary", "Metric", "accuracy_curve", "aggregate", "get_metric",
-    "metric_value", "summarize", "warnings_for",
+    "DEFAULT_METRICS", "LEARNING_SPEED_KS", "METRICS", "Cell", "GroupSummary", "Metric", "accuracy_curve", "aggregate",
+    "get_metric", "learning_speed_curve", "metric_value", "summarize", "warnings_for",
 ]
 
 
@@ -31,8 +31,10 @@ class Metric:
 
     ``path`` is dotted; a ``*`` in a part globs over that level's keys (the first match in the
     report's order is taken: ``few_shot.*way_1shot.accuracy`` finds ``5way_1shot`` or ``20way_1shot``,
-    whichever N-way the run evaluated). ``unit``: ``pct`` (a fraction, shown in percent), ``pts``
-    (a difference of fractions, shown in percentage points) or ``s`` (seconds).
+    whichever N-way the run evaluated). ``"a.b / c.d"`` is the ratio of two paths in the same report
+    (per run, so it has a spread over seeds; missing when either is missing or the divisor is 0).
+    ``unit``: ``pct`` (a fraction, shown in percent), ``pts`` (a difference of fractions, shown in
+    percentage points), ``s`` (seconds) or ``ratio`` (shown as is). ``decimals``: digits shown.
     """
 
     key: str
@@ -41,14 +43,16 @@ class Metric:
     path: str
     unit: str = "pct"
     higher_is_better: bool | None = True
+    decimals: int = 1
 
     @property
     def scale(self) -> float:
         """Factor from the report's units to the displayed ones."""
-        return 1.0 if self.unit == "s" else 100.0
+        return 1.0 if self.unit in ("s", "ratio") else 100.0
 
 
 _M = Metric
+LEARNING_SPEED_KS = (0, 1, 5, 10)  # the learning-speed curve's points (report.json learning_speed.k<k>)
 METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("A_T", "A_T (%)", r"$A_T$", "average_accuracy"),
     _M("forgetting", "forgetting (pts)", r"$F_T$", "forgetting", "pts", False),
@@ -66,10 +70,28 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("few_shot_5shot", "few-shot 5-shot (%)", "5-shot", "few_shot.*way_5shot.accuracy"),
     _M("long_tail_tail", "long-tail tail (%)", "tail", "long_tail.tail"),
     _M("wall_s", "wall (s)", "wall (s)", "timing.wall_s", "s", None),
+    # Learning from one look. The learning-speed curve's points: accuracy on a new experience's
+    # categories (among all seen so far) after k examples of each.
+    *(_M(f"speed_k{k}", f"speed k={k} (%)", f"$k{{=}}{k}$", f"learning_speed.k{k}") for k in LEARNING_SPEED_KS),
+    # Long-tailed streams: per-class accuracy of the most, middle and least trained thirds, and the
+    # tail's share of the head's accuracy (per run, then averaged: 1 is no long-tail penalty).
+    _M("long_tail_head", "long-tail head (%)", "head", "long_tail.head"),
+    _M("long_tail_medium", "long-tail medium (%)", "medium", "long_tail.medium"),
+    _M("tail_head", "tail / head", "tail/head", "long_tail.tail / long_tail.head", "ratio", decimals=2),
+    # Never-trained domains (Omniglot alphabets held out): Lake-style one-shot error, and accuracy
+    # after meeting 10, 50 and all of their characters one at a time.
+    _M("lake_error", "new-alphabet 1-shot error (%)", "1-shot error", "one_shot_new_alphabets.error",
+       higher_is_better=False),
+    _M("meet_10", "met one at a time, after 10 (%)", "10", "one_at_a_time.10"),
+    _M("meet_50", "met one at a time, after 50 (%)", "50", "one_at_a_time.50"),
+    _M("meet_all", "met one at a time, after all (%)", "all", "one_at_a_time.all"),
 ]}
-# The table columns when none are asked for: every metric the brief's report card has but the
-# long-tail split (null on balanced streams, the default).
-DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k != "long_tail_tail")
+# The table columns when none are asked for: the report card's metrics of every stream, without the
+# learning-speed points (the area stands for them) and the metrics null on the default stream (the
+# long-tail split, never-trained alphabets).
+_NOT_DEFAULT = {"long_tail_tail", "long_tail_head", "long_tail_medium", "tail_head", "lake_error", "meet_10",
+                "meet_50", "meet_all", "speed_k0", "speed_k1", "speed_k5", "speed_k10"}
+DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in _NOT_DEFAULT)
 
 
 def get_metric(name: str) -> Metric:
@@ -87,8 +109,15 @@ def get_metric(name: str) -> Metric:
 def metric_value(report: Mapping[str, Any], metric: Metric | str) -> float | None:
     """The metric's value in one report (report units), or ``None`` when missing/null/NaN."""
     m = get_metric(metric) if isinstance(metric, str) else metric
+    if " / " in m.path:  # a ratio of two paths
+        num, den = (_path_value(report, p.strip()) for p in m.path.split(" / ", 1))
+        return None if num is None or not den else num / den
+    return _path_value(report, m.path)
+
+
+def _path_value(report: Mapping[str, Any], path: str) -> float | None:
     node: Any = report
-    for part in m.path.split("."):
+    for part in path.split("."):
         if not isinstance(node, Mapping):
             return None
         if "*" in part:
@@ -198,3 +227,13 @@ def accuracy_curve(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mean = np.array([np.nanmean(M[:, t]) if count[t] else np.nan for t in range(T)])
     std = np.array([np.nanstd(M[:, t], ddof=1) if count[t] >= 2 else np.nan for t in range(T)])
     return mean, std, count
+
+
+def learning_speed_curve(group: Group, ks: Sequence[int] = LEARNING_SPEED_KS
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, sample std and count over runs of the accuracy on new categories after ``k`` examples of
+    each (``report.json`` ``learning_speed.k<k>``, fractions), for every k in ``ks``; NaN where missing."""
+    cells = [summarize([metric_value(r.report, f"learning_speed.k{k}") for r in group.runs]) for k in ks]
+    mean = np.array([np.nan if c.mean is None else c.mean for c in cells])
+    std = np.array([np.nan if c.std is None else c.std for c in cells])
+    return mean, std, np.array([c.n for c in cells])

@@ -15,10 +15,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from continual.results.aggregate import GroupSummary, accuracy_curve, get_metric, metric_value, summarize
+from continual.results.aggregate import (
+    LEARNING_SPEED_KS, GroupSummary, accuracy_curve, get_metric, learning_speed_curve, metric_value, summarize,
+)
 from continual.results.collect import Group, format_value
 
-__all__ = ["display_label", "new_figure", "plot_accuracy_curves", "plot_bars", "save_figure"]
+__all__ = ["display_label", "new_figure", "plot_accuracy_curves", "plot_bars", "plot_learning_speed", "save_figure"]
 
 FORMATS = ("pdf", "png")
 _DPI = 150  # PNG resolution: legible when opened at 100%, small enough to commit
@@ -117,6 +119,37 @@ def plot_accuracy_curves(summaries: Sequence[GroupSummary], stem: str | Path, ti
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.legend(fontsize=8, loc="best")  # the spot that hides the least of the curves
+    fig.tight_layout()
+    return save_figure(fig, stem, formats)
+
+
+def plot_learning_speed(summaries: Sequence[GroupSummary], stem: str | Path, ks: Sequence[int] = LEARNING_SPEED_KS,
+                        title: str = "", names: Mapping[str, str] | None = None,
+                        formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Accuracy on new categories against the examples k seen of each: mean line and ±std band per group."""
+    labels = [f"{display_label(s.group, names)} (n={s.n_runs})" for s in summaries]
+    outside = len(summaries) > 4
+    fig = new_figure(6.4 + (0.065 * max(map(len, labels), default=0) if outside else 0.0), 4.0)
+    ax = fig.add_subplot()
+    x = np.asarray(ks, dtype=float)
+    for s, label, color in zip(summaries, labels, _colors(len(summaries))):
+        mean, std, _ = learning_speed_curve(s.group, ks)
+        if np.isnan(mean).all():
+            continue
+        ax.plot(x, 100 * mean, marker="o", ms=3.5, lw=1.6, color=color, label=label)
+        band = ~np.isnan(std)
+        lo, hi = np.clip(100 * (mean - std), 0, 100), np.clip(100 * (mean + std), 0, 100)
+        ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
+    ax.set_xticks(x, [str(k) for k in ks])
+    ax.set_xlabel("examples seen of each new category, k")
+    ax.set_ylabel("accuracy on the new categories (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "learning speed (mean ± std over seeds)", fontsize=10)
+    if outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return save_figure(fig, stem, formats)
 
