@@ -195,3 +195,31 @@ def test_random_affine_distorts_each_image_reproducibly_and_keeps_uint8():
     assert not torch.equal(a[0], RandomAffine()(x[2:3])[0])  # each image its own draw
     same = RandomAffine(rotation=0, shear=0, scale=0, translate=0)(x)
     assert (same.int() - x.int()).abs().max() <= 1  # zero ranges: the identity (up to resampling)
+
+
+def _first_step_of_a_late_row(fresh_state: bool) -> float:
+    """RMS of the first optimiser step of a row bound after a long stream, in units of ``lr``."""
+    learner = _learner()
+    if not fresh_state:
+        learner._fresh_optimizer_state = lambda rows: None
+    patterns = _patterns(8)
+    learner.begin_experience(0, [0, 1, 2, 3])
+    y0 = torch.arange(4).repeat(8)
+    for step in range(40):
+        learner.observe(_draw(patterns, y0, step), y0, None)
+    state = learner.optimizer.state[learner.class_head.weight]
+    state["step"].fill_(5000.0)  # as after a long stream: Adam's bias correction has faded
+    learner.begin_experience(1, [4])
+    one = torch.tensor([4, 4])
+    learner.observe(_draw(patterns, one, 9), one, None)
+    assert float(state["exp_avg_sq"][5:].abs().sum()) == 0.0  # rows never active keep no state
+    step = learner.binding.rows()[1][4] - learner.class_head.weight[4].detach()  # bound row minus stepped row
+    return float(step.pow(2).mean().sqrt()) / learner.optimizer.param_groups[0]["lr"]
+
+
+def test_a_row_bound_late_in_a_stream_starts_with_settled_adam_moments():
+    # From zero moments the first step is m / sqrt(v) = 0.1 / sqrt(0.001) ~ 3.2 lr per coordinate,
+    # and momentum carries it on; from the settled rows' second moment it is smaller.
+    stale, fresh = _first_step_of_a_late_row(False), _first_step_of_a_late_row(True)
+    assert stale > 2.8
+    assert fresh < 0.85 * stale, (fresh, stale)
