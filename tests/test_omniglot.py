@@ -383,3 +383,26 @@ def test_corrupt_stroke_archive_names_file_and_digests(tmp_path, cache):
     message = str(err.value)
     assert target.name in message and om.EXPECTED_STROKES_SHA256[target.name] in message
     assert om.sha256_file(target) in message
+
+
+def test_a_run_with_alphabets_held_out_reports_lake_trials_and_meeting_one_at_a_time(tmp_path, cache):
+    import json
+
+    from continual.metrics.report import format_report
+
+    cfg = compose_config(["benchmark=omniglot", "benchmark.heldout_alphabets=2", "benchmark.alphabet_fold=1",
+                          "benchmark.n_experiences=1", "benchmark.image_size=14", "train.epochs=1",
+                          "learner.backbone_args.width=8", "learner.backbone_args.embed_dim=32", "memory.size=64",
+                          "eval.new_domain.one_shot_trials=30", "eval.new_domain.max_categories=12",
+                          "eval.new_domain.after=[10]", "eval.few_shot.episodes=20", "progress=false",
+                          "logger.wandb.mode=disabled", "device=cpu"])
+    cfg["benchmark"]["cache_dir"] = str(cache)
+    card = run_experiment(cfg, tmp_path / "run", print_fn=lambda _: None)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    lake = report["one_shot_new_alphabets"]
+    assert {"error", "ci95", "trials", "alphabets"} <= set(lake) and lake["trials"] == 30
+    assert lake["alphabets"] == ["Greek", "Japanese_(katakana)"] and 0.0 <= lake["error"] <= 1.0
+    meet = report["one_at_a_time"]
+    assert meet["n_all"] == 12 and set(meet) == {"10", "all", "n_all", "curve"} and 0.0 <= meet["all"] <= 1.0
+    text = format_report(card)
+    assert "one-shot, new alphabets" in text and "met one at a time" in text

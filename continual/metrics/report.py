@@ -473,8 +473,8 @@ def format_report(card: ReportCard) -> str:
     lake = card.one_shot_new_alphabets
     if lake and lake.get("error") is not None:
         row("one-shot, new alphabets", f"error {_pct(lake['error'])} ± {_pct(lake.get('ci95'))}  "
-            f"({lake.get('n_way', 20)}-way, {lake.get('trials', '?')} trials within one alphabet, "
-            f"{len(lake.get('alphabets') or [])} never-trained alphabets)")
+            f"({lake.get('n_way', 20)}-way in one alphabet, {lake.get('trials', '?')} trials, "
+            f"{len(lake.get('alphabets') or [])} new alphabets)")
     meet = card.one_at_a_time
     if meet and meet.get("all") is not None:
         points = "  ".join(f"after {k} {_pct(v)}" for k, v in meet.items() if k.isdigit())

@@ -104,23 +104,33 @@ def plot_accuracy_curves(summaries: Sequence[GroupSummary], stem: str | Path, ti
             continue
         x = np.arange(1, mean.size + 1)
         T_max = max(T_max, mean.size)
-        ax.plot(x, 100 * mean, marker="o", ms=3.5, lw=1.6, color=color, label=label)
-        band = ~np.isnan(std)
-        # Accuracy lives in [0, 100]: a band past the axis limits would only hide the other curves.
-        lo, hi = np.clip(100 * (mean - std), 0, 100), np.clip(100 * (mean + std), 0, 100)
-        ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
+        _line_with_band(ax, x, mean, std, color, label)
     ax.set_xticks(range(1, T_max + 1))
     ax.set_xlabel("after training on experience i")
     ax.set_ylabel(r"average accuracy $A_i$ (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title or "accuracy over the stream (mean ± std over seeds)", fontsize=10)
+    _legend(ax, outside)
+    fig.tight_layout()
+    return save_figure(fig, stem, formats)
+
+
+def _line_with_band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color, label: str) -> None:
+    """A mean curve in percent with its ±std band where the std exists."""
+    ax.plot(x, 100 * mean, marker="o", ms=3.5, lw=1.6, color=color, label=label)
+    band = ~np.isnan(std)
+    # Accuracy lives in [0, 100]: a band past the axis limits would only hide the other curves.
+    lo, hi = np.clip(100 * (mean - std), 0, 100), np.clip(100 * (mean + std), 0, 100)
+    ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
+
+
+def _legend(ax, outside: bool) -> None:
+    """Beside the axes when there are many curves, else the spot that hides the least of them."""
     if outside:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
-        ax.legend(fontsize=8, loc="best")  # the spot that hides the least of the curves
-    fig.tight_layout()
-    return save_figure(fig, stem, formats)
+        ax.legend(fontsize=8, loc="best")
 
 
 def plot_learning_speed(summaries: Sequence[GroupSummary], stem: str | Path, ks: Sequence[int] = LEARNING_SPEED_KS,
@@ -136,20 +146,14 @@ def plot_learning_speed(summaries: Sequence[GroupSummary], stem: str | Path, ks:
         mean, std, _ = learning_speed_curve(s.group, ks)
         if np.isnan(mean).all():
             continue
-        ax.plot(x, 100 * mean, marker="o", ms=3.5, lw=1.6, color=color, label=label)
-        band = ~np.isnan(std)
-        lo, hi = np.clip(100 * (mean - std), 0, 100), np.clip(100 * (mean + std), 0, 100)
-        ax.fill_between(x[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
+        _line_with_band(ax, x, mean, std, color, label)
     ax.set_xticks(x, [str(k) for k in ks])
     ax.set_xlabel("examples seen of each new category, k")
     ax.set_ylabel("accuracy on the new categories (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title or "learning speed (mean ± std over seeds)", fontsize=10)
-    if outside:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    else:
-        ax.legend(fontsize=8, loc="best")
+    _legend(ax, outside)
     fig.tight_layout()
     return save_figure(fig, stem, formats)
 
