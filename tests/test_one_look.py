@@ -223,3 +223,27 @@ def test_a_row_bound_late_in_a_stream_starts_with_settled_adam_moments():
     stale, fresh = _first_step_of_a_late_row(False), _first_step_of_a_late_row(True)
     assert stale > 2.8
     assert fresh < 0.85 * stale, (fresh, stale)
+
+
+def test_binding_stops_once_every_category_is_past_its_window_and_changes_nothing_by_stopping():
+    def run(always_live: bool) -> tuple[dict, list[bool]]:
+        learner = _learner(memory=40)
+        if always_live:
+            learner.binding.still_open = lambda n_active: True
+        patterns, live = _patterns(8), []
+        for e, classes in enumerate([[0, 1, 2, 3], [4, 5, 6, 7]]):
+            learner.begin_experience(e, classes)
+            live.append(learner.binding.live)
+            y = torch.tensor(classes).repeat(8)
+            for step in range(24):
+                learner.observe(_draw(patterns, y, step + 100 * e), y, None)
+            live.append(learner.binding.live)
+            learner.end_experience(e, _draw(patterns, y, 999), y, None)
+        params = {k: v.clone() for k, v in learner.state_dict().items()
+                  if torch.is_tensor(v) and not k.startswith("binding.")}
+        return params, live
+
+    skipping, live = run(False)
+    assert live == [True, False, True, False]  # open when categories arrive, closed once all have 10+
+    always, _ = run(True)
+    assert all(torch.equal(skipping[k], always[k]) for k in always)  # the skipped steps would write nothing

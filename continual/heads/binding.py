@@ -16,7 +16,11 @@ on a fresh row takes hundreds of steps to get there; writing the row directly do
   at every step in between. The step that brings the ``window``-th example still writes the row, so
   a category met all at once (15 images in one batch) is bound from all of them.
 
-Everything stays on the device (scatter-adds and ``where``), so binding costs no host sync.
+Everything stays on the device (scatter-adds and ``where``), so a binding step costs no host sync.
+Binding does cost an extra forward pass of the new images (in eval mode), so it runs only while
+it can still write a row: from ``reopen`` (new categories arrive) until every active category has
+had ``window`` examples, which ``still_open`` reads back once every ``CHECK_EVERY`` steps (the
+only host sync, and none once binding is over). Skipped steps would have written nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from torch import nn
 
 class FastBinding(nn.Module):
     """Per-category running sums of normalised embeddings, counts and description priors."""
+
+    CHECK_EVERY = 8  # steps between the host reads of whether any active category is inside its window
 
     def __init__(self, embed_dim: int, max_classes: int, window: int = 10, description_weight: float = 0.25) -> None:
         super().__init__()
@@ -43,6 +49,7 @@ class FastBinding(nn.Module):
         self.register_buffer("counts", torch.zeros(max_classes))  # (C,) examples seen
         self.register_buffer("prior", torch.zeros(max_classes, embed_dim))  # (C, D) unit description rows
         self.register_buffer("binding", torch.zeros(max_classes, dtype=torch.bool), persistent=False)  # (C,) rows written now
+        self.live, self._steps = True, 0  # host-side: may a step still write a row? (True after a resume)
 
     @torch.no_grad()
     def describe(self, classes: list[int], directions: torch.Tensor) -> None:
@@ -62,6 +69,17 @@ class FastBinding(nn.Module):
         self.binding = (self.counts < self.window) & (self.counts + delta_counts > 0)
         self.sums += delta_sums
         self.counts += delta_counts
+
+    def reopen(self) -> None:
+        """New categories are active: binding runs again."""
+        self.live, self._steps = True, 0
+
+    def still_open(self, n_active: int) -> bool:
+        """Count a step; every ``CHECK_EVERY`` steps read whether an active category is inside its window."""
+        self._steps += 1
+        if self.live and self._steps % self.CHECK_EVERY == 0:
+            self.live = bool((self.counts[:n_active] < self.window).any())
+        return self.live
 
     @torch.no_grad()
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:

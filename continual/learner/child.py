@@ -96,6 +96,8 @@ class ChildLearner(ClassifierLearner):
             if self.binding is not None:
                 self.binding.describe(new_classes, weight)
         self.class_head.grow(len(new_classes), weight, bias)
+        if self.binding is not None:
+            self.binding.reopen()
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         self.train()
@@ -106,7 +108,7 @@ class ChildLearner(ClassifierLearner):
         with self._autocast(x.device):
             z = self.train_forward(self._embed, x_train)  # (B, D)
             z_class = z
-            if self.binding is not None:  # rows of categories still in their window: written, then refined
+            if self.binding is not None and self.binding.live:  # rows inside their window: written, then refined
                 self.binding.observe(self._eval_embed(x[:n_new]), y[:n_new])
                 bound, rows = self.binding.rows()
                 self.class_head.write_rows(bound, rows)
@@ -122,7 +124,10 @@ class ChildLearner(ClassifierLearner):
             loss = F.cross_entropy(logits, y)
             if self.has_attributes and codes is not None:  # no codes: categories met without a description
                 loss = loss + self.attribute_weight * self.attribute_head.loss(self.attribute_head(z).float(), codes)
-        return self.step(loss)
+        loss = self.step(loss)
+        if self.binding is not None:
+            self.binding.still_open(self.class_head.n_active)
+        return loss
 
     @torch.no_grad()
     def _fresh_optimizer_state(self, rows: torch.Tensor) -> None:
@@ -145,7 +150,6 @@ class ChildLearner(ClassifierLearner):
         v.copy_(torch.where(rows[:, None], typical, v))
         m.masked_fill_(rows[:, None], 0.0)
 
-    @torch.no_grad()
     def _eval_embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` embeddings as evaluation computes them (batch norm on running statistics).
 
@@ -153,11 +157,10 @@ class ChildLearner(ClassifierLearner):
         category met alone, 15 images of one character, moves them far), and a bound row must sit
         where the category's test images will land.
         """
-        self.eval()
         try:
-            return self._embed(x).float()
+            return self.features(x)
         finally:
-            self.train()
+            self.train()  # ``features`` leaves the learner in eval mode
 
     def _log_prior(self, y: torch.Tensor, n_active: int) -> torch.Tensor:
         """``(n_active,)`` log class prior of everything trained on so far, this batch included.
