@@ -16,7 +16,7 @@ from continual.checkpoint import Checkpointer, LoopState
 from continual.distributed import SINGLE, DistContext
 from continual.learner.base import Learner
 from continual.metrics import evaluate as ev
-from continual.metrics.novel import new_domain_protocols
+from continual.metrics.novel import check_new_domain, new_domain_protocols
 from continual.metrics.report import ReportCard, format_experience_line
 
 
@@ -69,6 +69,7 @@ def run_stream(learner: Learner, stream, *, epochs: int, batch_size: int, seed: 
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
     if batch_size < 2:
         raise ValueError(f"train.batch_size must be >= 2, got {batch_size}")
+    check_new_domain(new_domain, getattr(stream, "novel", None))  # before hours of training, not after
     device = stream.train_x.device
     order = torch.Generator().manual_seed(seed)
     T = stream.n_experiences

@@ -3,6 +3,7 @@ from descriptions, the logit-adjusted loss, and the protocols on a never-trained
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -247,3 +248,15 @@ def test_binding_stops_once_every_category_is_past_its_window_and_changes_nothin
     assert live == [True, False, True, False]  # open when categories arrive, closed once all have 10+
     always, _ = run(True)
     assert all(torch.equal(skipping[k], always[k]) for k in always)  # the skipped steps would write nothing
+
+
+def test_impossible_new_domain_settings_fail_naming_the_key_before_training():
+    from continual.metrics.novel import check_new_domain
+
+    novel = _novel(3)  # 20 images per category
+    check_new_domain({"one_at_a_time": True, "train_per_category": 15, "test_per_category": 5}, novel)
+    with pytest.raises(ValueError, match=r"eval.new_domain.train_per_category \+ test_per_category = 21"):
+        check_new_domain({"one_at_a_time": True, "train_per_category": 16, "test_per_category": 5}, novel)
+    with pytest.raises(ValueError, match="eval.new_domain.step_images must be >= 1"):
+        check_new_domain({"step_images": 0}, novel)
+    check_new_domain({"step_images": 0}, None)  # no new domain: nothing to run, nothing to check

@@ -42,7 +42,7 @@ def split_drawers(novel: NovelImages, train_per_category: int, test_per_category
     counts = torch.bincount(category, minlength=novel.n_categories)
     need = train_per_category + test_per_category
     if int(counts.min()) < need:
-        raise ValueError(f"eval.one_at_a_time: train_per_category + test_per_category = {need} but a category "
+        raise ValueError(f"eval.new_domain.train_per_category + test_per_category = {need}, but a category "
                          f"of the new domain has only {int(counts.min())} images")
     # Random keys ranked within each category: the first `need` of each are its drawers here.
     keys = category.double() + torch.rand(len(category), generator=generator, dtype=torch.double)
@@ -64,7 +64,7 @@ def meet_one_at_a_time(learner: Learner, novel: NovelImages, first_label: int, *
     those ``n``, for every ``n`` in ``after`` that is at most the number met, and for all of them.
     """
     if train_per_category < 1 or test_per_category < 1 or batch_size < 1:
-        raise ValueError("eval.one_at_a_time: train_per_category, test_per_category and batch_size must be >= 1")
+        raise ValueError("eval.new_domain.train_per_category, test_per_category and step_images must be >= 1")
     gen = torch.Generator().manual_seed(seed)
     n_all = novel.n_categories if max_categories <= 0 else min(max_categories, novel.n_categories)
     order = torch.randperm(novel.n_categories, generator=gen)[:n_all]  # meeting order, mixing alphabets
@@ -107,6 +107,20 @@ def _accuracy_among_met(learner: Learner, novel: NovelImages, met: torch.Tensor,
 
 
 
+def check_new_domain(settings: dict | None, novel: NovelImages | None) -> None:
+    """Fail before any training on ``eval.new_domain`` values the protocols could not run with."""
+    if novel is None or not settings:
+        return
+    for key in ("train_per_category", "test_per_category", "step_images"):
+        if settings.get(key, 1) < 1:
+            raise ValueError(f"eval.new_domain.{key} must be >= 1, got {settings[key]}")
+    smallest = int(torch.bincount(novel.category.cpu()).min())
+    need = settings.get("train_per_category", 15) + settings.get("test_per_category", 5)
+    if settings.get("one_at_a_time", False) and need > smallest:
+        raise ValueError(f"eval.new_domain.train_per_category + test_per_category = {need}, but a category of "
+                         f"the new domain has only {smallest} images")
+
+
 def new_domain_protocols(learner: Learner, stream, settings: dict | None, seed: int,
                          eval_batch_size: int = 512) -> dict:
     """The report card's ``one_shot_new_alphabets`` and ``one_at_a_time`` (``None`` each when the
@@ -126,4 +140,4 @@ def new_domain_protocols(learner: Learner, stream, settings: dict | None, seed: 
             after=tuple(settings.get("after", (10, 50))), max_categories=settings.get("max_categories", 0),
             seed=seed, eval_batch_size=eval_batch_size)
     return {"one_shot_new_alphabets": one_shot, "one_at_a_time": meeting}
-__all__ = ["meet_one_at_a_time", "new_domain_protocols", "one_shot_new_alphabets", "split_drawers"]
+__all__ = ["check_new_domain", "meet_one_at_a_time", "new_domain_protocols", "one_shot_new_alphabets", "split_drawers"]
