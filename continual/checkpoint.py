@@ -1,20 +1,22 @@
 """Checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint is written atomically after every experience (``<run_dir>/checkpoint.pt``): the
-learner (weights, optimiser, replay memory), every random generator (Python, NumPy, torch CPU
-and CUDA, the batch-order generator), the loop's progress and metrics, and the W&B run id.
-It holds no training data (the stream is rebuilt from the config) and loads with
-``torch.load(weights_only=True)``: only tensors, numbers, strings and containers.
+A checkpoint is written atomically every ``train.checkpoint_every`` steps and after every experience
+(``<run_dir>/checkpoint.pt``): the learner (weights, optimiser, replay memory), every global random
+generator (Python, NumPy, torch CPU and CUDA), the loop's progress (events consumed, running sums) and
+metrics, and the W&B run id. It holds no training data and no batch order: the stream is rebuilt from
+the config and its source regenerated from the seed, skipping the events already consumed
+(``continual.stream.source``). It loads with ``torch.load(weights_only=True)``: only tensors,
+numbers, strings and containers.
 
 In a multi-process run (``continual.distributed``) ``checkpoint.pt`` is rank 0's state, and each
-rank r > 0 also saves what is its own, ``checkpoint.rank<r>.exp<k>.pt`` after k experiences: its
+rank r > 0 also saves what is its own, ``checkpoint.rank<r>.pos<k>.pt`` after k events: its
 replay memory share and the rest of its learner's state except the weights and the optimiser (equal
 on every rank, so they come from ``checkpoint.pt``), its generators and its loop counters. The save
 is a commit: every rank r > 0 writes its file, all ranks agree that every file is written, then
 rank 0 replaces ``checkpoint.pt`` (which records the number of processes), and only once all agree
-that is done does each rank delete its files of other experiences. So a kill at any moment leaves
-``checkpoint.pt`` and, for each rank, the file of the experience it names: a resume always continues
-from ``checkpoint.pt``'s experience, and a rank file ahead of it (written before a kill that came
+that is done does each rank delete its files of other positions. So a kill at any moment leaves
+``checkpoint.pt`` and, for each rank, the file of the position it names: a resume always continues
+from ``checkpoint.pt``'s position, and a rank file ahead of it (written before a kill that came
 before the commit) is ignored and later removed.
 """
 
@@ -33,7 +35,7 @@ from continual.learner.base import Learner
 from continual.stream.cache import atomic_torch_save
 
 FORMAT = "continual-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: saved at any step (the loop's progress), no batch-order generator
 
 
 class CheckpointError(ValueError):
@@ -42,7 +44,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoopState:
-    """The loop's progress: which experience comes next and what was measured so far."""
+    """The loop's progress and what was measured so far (host values only)."""
 
     n_experiences: int
     next_experience: int = 0
@@ -52,7 +54,10 @@ class LoopState:
     learning_curves: list[dict] = field(default_factory=list)  # per experience: {"k": accuracy}
     train_s: float = 0.0
     eval_s: float = 0.0
-    samples: int = 0
+    progress: dict = field(default_factory=dict)  # continual.loop.TrainProgress.state()
+    milestones: dict = field(default_factory=dict)  # {k: step} where the experience in progress's curve is sampled
+    curve: dict = field(default_factory=dict)  # its learning curve so far
+    anytime: list[dict] = field(default_factory=list)  # points of the anytime-accuracy curve
 
     def __post_init__(self) -> None:
         if not self.R:
@@ -101,44 +106,44 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def rank_path(self, next_experience: int, rank: int | None = None) -> Path:
-        """Where rank ``rank`` (this one by default) keeps its own state after ``next_experience`` experiences."""
-        return self.run_dir / f"checkpoint.rank{self.dist.rank if rank is None else rank}.exp{next_experience}.pt"
+    def rank_path(self, position: int, rank: int | None = None) -> Path:
+        """Where rank ``rank`` (this one by default) keeps its own state after ``position`` events."""
+        return self.run_dir / f"checkpoint.rank{self.dist.rank if rank is None else rank}.pos{position}.pt"
 
     def _header(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "config_fingerprint": self.fingerprint}
 
-    def save(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
+    def save(self, learner: Learner, state: LoopState) -> None:
         """Write the checkpoint atomically: readers see the previous one or this one, never half.
         With several processes, the commit the module docstring describes."""
         if not self.dist.multi:
-            self._save_main(learner, state, order)
+            self._save_main(learner, state)
             return
-        k = state.next_experience
+        k = state.progress["position"]
         main = self.dist.is_main
-        self._agree(None if main else lambda: self._save_own(learner, state, order),
-                    f"saving each rank's state after experience {k}")
-        self._agree(lambda: self._save_main(learner, state, order) if main else None,
-                    f"writing {self.path} after experience {k}")
-        if not main:  # committed: this rank's files of other experiences can no longer be needed
-            for stale in self.run_dir.glob(f"checkpoint.rank{self.dist.rank}.exp*.pt"):
+        self._agree(None if main else lambda: self._save_own(learner, state),
+                    f"saving each rank's state after event {k}")
+        self._agree(lambda: self._save_main(learner, state) if main else None,
+                    f"writing {self.path} after event {k}")
+        if not main:  # committed: this rank's files of other positions can no longer be needed
+            for stale in self.run_dir.glob(f"checkpoint.rank{self.dist.rank}.pos*.pt"):
                 if stale != self.rank_path(k):
                     stale.unlink(missing_ok=True)
 
-    def _save_main(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
+    def _save_main(self, learner: Learner, state: LoopState) -> None:
         ckpt = {**self._header(), "wandb_run_id": self.wandb_run_id, "loop": asdict(state),
-                "learner": learner.checkpoint_state(), "order": order.get_state(), "rng": rng_state()}
+                "learner": learner.checkpoint_state(), "rng": rng_state()}
         if self.dist.multi:  # a one-process checkpoint stays as it was
             ckpt["world_size"] = self.dist.world_size
         atomic_torch_save(ckpt, self.path)
 
-    def _save_own(self, learner: Learner, state: LoopState, order: torch.Generator) -> None:
+    def _save_own(self, learner: Learner, state: LoopState) -> None:
         atomic_torch_save({
             **self._header(), "rank": self.dist.rank, "world_size": self.dist.world_size, "loop": asdict(state),
             "learner": {key: value for key, value in learner.checkpoint_state().items()
                         if key not in SHARED_LEARNER_KEYS},
-            "order": order.get_state(), "rng": rng_state(),
-        }, self.rank_path(state.next_experience))
+            "rng": rng_state(),
+        }, self.rank_path(state.progress["position"]))
 
     def _agree(self, fn: Callable[[], object] | None, what: str) -> None:
         """``fn()`` (if any) on every rank, then (collective) raise on every rank if it failed on
@@ -187,22 +192,22 @@ class Checkpointer:
 
     def _read_own(self, ckpt: dict) -> dict:
         """``ckpt`` (``checkpoint.pt``) with this rank's own state in place of rank 0's."""
-        k = ckpt["loop"]["next_experience"]
+        k = ckpt["loop"]["progress"]["position"]
         path = self.rank_path(k)
         if not path.exists():
             raise CheckpointError(
-                f"{self.path} is at experience {k} but rank {self.dist.rank}'s state for it ({path.name}) is "
+                f"{self.path} is at event {k} but rank {self.dist.rank}'s state for it ({path.name}) is "
                 f"missing, so this multi-process run cannot continue exactly. Move the checkpoint files away "
                 f"to restart it from the beginning, or choose another run folder (hydra.run.dir=...)")
         own = self._load(path)
-        if own.get("rank") != self.dist.rank or own["loop"]["next_experience"] != k:
-            raise CheckpointError(f"{path} holds rank {own.get('rank')}'s state after experience "
-                                  f"{own['loop']['next_experience']}, not rank {self.dist.rank}'s after {k}")
+        if own.get("rank") != self.dist.rank or own["loop"]["progress"]["position"] != k:
+            raise CheckpointError(f"{path} holds rank {own.get('rank')}'s state after event "
+                                  f"{own['loop']['progress']['position']}, not rank {self.dist.rank}'s after {k}")
         learner = {key: ckpt["learner"][key] for key in SHARED_LEARNER_KEYS if key in ckpt["learner"]}
-        return {**ckpt, "loop": own["loop"], "order": own["order"], "rng": own["rng"],
+        return {**ckpt, "loop": own["loop"], "rng": own["rng"],
                 "learner": {**learner, **own["learner"]}}
 
-    def restore(self, ckpt: dict, learner: Learner, order: torch.Generator) -> LoopState:
+    def restore(self, ckpt: dict, learner: Learner) -> LoopState:
         """Put the learner, the generators and the loop back as they were when ``ckpt`` was saved
         (with several processes, each rank as it was: its own file completes ``ckpt``)."""
         if self.dist.multi:
@@ -215,6 +220,5 @@ class Checkpointer:
         # Loaded on the CPU: load_state_dict copies into the learner's own (device) tensors, and
         # generator states must stay CPU byte tensors.
         learner.load_checkpoint_state(ckpt["learner"])
-        order.set_state(ckpt["order"])
         set_rng_state(ckpt["rng"])
         return LoopState(**ckpt["loop"])

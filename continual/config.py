@@ -16,18 +16,19 @@ from typing import Any, Callable
 # Top-level keys and the types of their leaves; `benchmark` and `learner` are checked per name.
 TOP_LEVEL: dict[str, Any] = {
     "seed": int, "device": str, "progress": bool, "threads": int,
-    "train": {"epochs": int, "batch_size": int, "min_steps": int},
-    "eval": {"batch_size": int, "learning_speed": bool,
+    "train": {"epochs": int, "batch_size": int, "min_steps": int, "checkpoint_every": int},
+    "online": {"mode": str, "disjoint_share": float, "blurry_share": float, "n_segments": int | None, "updates": int},
+    "eval": {"batch_size": int, "every": int | str, "learning_speed": bool, "anytime": {"every": int, "per_category": int},
              "few_shot": {"n_way": int, "shots": list, "n_query": int, "episodes": int, "every_experience": bool},
              "new_domain": {"one_shot_trials": int, "one_shot_way": int, "one_at_a_time": bool,
                             "train_per_category": int, "test_per_category": int, "step_images": int,
                             "after": list, "max_categories": int}},
-    "memory": {"size": int},
+    "memory": {"size": int | None, "budget": Any},  # budget: bytes or "1.5MB" (continual.memory.budget checks it)
     "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "name": str | None, "tags": list}},
     "benchmark": dict, "learner": dict,
 }
 # Arguments the experiment passes to every learner itself; not config keys.
-LEARNER_INJECTED = {"n_classes", "image_shape", "class_attributes", "attribute_blocks", "memory"}
+LEARNER_INJECTED = {"n_classes", "image_shape", "class_attributes", "attribute_blocks", "memory", "online"}
 
 
 class ConfigError(ValueError):
@@ -117,8 +118,10 @@ def validate_config(cfg: dict) -> None:
         check_tree({k: v for k, v in section.items() if k != "name"}, schema, f"{group}.")
         if hasattr(factory, "check_config"):
             factory.check_config(**{k: v for k, v in section.items() if k != "name"})
-    minimum = {"train.epochs": 1, "train.batch_size": 2, "train.min_steps": 0, "eval.batch_size": 1,
-               "memory.size": 0, "threads": 0}
+    minimum = {"train.epochs": 1, "train.batch_size": 2, "train.min_steps": 0, "train.checkpoint_every": 0,
+               "eval.batch_size": 1, "eval.anytime.every": 0, "eval.anytime.per_category": 1,
+               "online.updates": 1,
+               "threads": 0}
     for key, low in minimum.items():
         *path, name = key.split(".")
         section = cfg
@@ -128,3 +131,9 @@ def validate_config(cfg: dict) -> None:
             raise ConfigError(f"config key {key} is missing")
         if section[name] < low:
             raise ConfigError(f"config key {key} must be >= {low}, got {section[name]}")
+    every = cfg["eval"].get("every", "auto")
+    if every != "auto" and (isinstance(every, str) or every < 1):
+        raise ConfigError(f"config key eval.every must be an int >= 1 (experiences) or 'auto', got {every!r}")
+    from continual.memory.budget import check_memory_config
+
+    check_memory_config(cfg.get("memory"))  # memory.size (images) or memory.budget (bytes), not both

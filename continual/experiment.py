@@ -12,6 +12,7 @@ the work is shared, ``continual.checkpoint`` how a multi-process run resumes).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -26,13 +27,16 @@ import torch
 from continual.checkpoint import Checkpointer
 from continual.config import validate_config
 from continual.distributed import SINGLE, DistContext
-from continual.learner import LEARNERS
-from continual.logging.run_folder import (RunFolderError, git_revision, prepare_run_dir, source_digest,
-                                         write_text_atomic)
+from continual.learner import LEARNERS, Learner
+from continual.logging.run_folder import (RunFolderError, RunFolderLock, git_revision, prepare_run_dir,
+                                         source_digest, write_text_atomic)
 from continual.loop import run_stream
+from continual.metrics.anytime import AnytimeProbe
 from continual.memory import ClassBalancedReservoir
+from continual.memory.budget import capacity_for_budget, memory_bytes
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
 from continual.stream import build_stream
+from continual.stream.source import build_source, check_online
 
 # Keys that change how a run is shown or where inputs are found, not what it computes: a resumed
 # run (or a sweep run again from another folder) may change them. The render cache is keyed by its
@@ -90,11 +94,24 @@ def _first_difference(old: object, new: object, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
 
 
+FULL_EVALUATIONS = 5  # eval.every=auto: about this many whole-test-set rows of the accuracy matrix per run
+
+
+def eval_every(value: int | str, n_experiences: int) -> int:
+    """``eval.every``: k experiences between whole-test-set evaluations (``auto``: ceil(T / 5))."""
+    if value == "auto":
+        return max(1, -(-n_experiences // FULL_EVALUATIONS))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"eval.every must be an int >= 1 (experiences) or 'auto', got {value!r}")
+    return value
+
+
 def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = SINGLE):
     """The learner named by ``learner.name`` with its replay memory, on ``device``.
 
-    In a multi-process run: this process's share of the memory (with its own sampling seed) and of
-    each step's replay images.
+    The memory holds ``memory.size`` examples, or as many as fit ``memory.budget`` bytes together with
+    what else this learner keeps (``continual.memory.budget``). In a multi-process run: this process's
+    share of the memory (with its own sampling seed) and of each step's replay images.
     """
     learner_cfg = dict(cfg["learner"])
     name = learner_cfg.pop("name")
@@ -102,8 +119,6 @@ def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = S
         learner_cfg["replay_batch_size"] = dist.per_rank(learner_cfg["replay_batch_size"], "learner.replay_batch_size")
     memory_cfg = dict(cfg.get("memory") or {})
     n_attr = len(stream.attribute_space.names) if stream.has_attributes else 0
-    memory = ClassBalancedReservoir(dist.share(int(memory_cfg.get("size", 0))), stream.image_shape, n_attr,
-                                    device=device, seed=cfg["seed"] + dist.rank)
     # Rows for a never-trained domain's categories too (met after the stream, continual.metrics.novel),
     # described by nothing: zero attribute vectors.
     n_novel = stream.novel.n_categories if stream.novel is not None else 0
@@ -111,12 +126,24 @@ def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = S
     if stream.has_attributes:
         class_attributes = stream.class_attributes()
         class_attributes = torch.cat([class_attributes, class_attributes.new_zeros(n_novel, class_attributes.shape[1])])
-    learner = LEARNERS.build(
-        name, n_classes=stream.n_classes + n_novel, image_shape=stream.image_shape,
-        class_attributes=class_attributes,
-        attribute_blocks=stream.attribute_space.sizes if stream.has_attributes else None,
-        memory=memory, **learner_cfg)
-    return learner.to(device)
+
+    # A learner that keeps different state without boundaries (ER-ACE) is told it learns online.
+    online = (cfg.get("online") or {}).get("mode", "off") != "off"
+    if online and "online" in inspect.signature(LEARNERS.get(name)).parameters:
+        learner_cfg["online"] = True
+
+    def build(capacity: int, on: torch.device) -> Learner:
+        memory = ClassBalancedReservoir(capacity, stream.image_shape, n_attr, device=on, seed=cfg["seed"] + dist.rank)
+        return LEARNERS.build(
+            name, n_classes=stream.n_classes + n_novel, image_shape=stream.image_shape,
+            class_attributes=class_attributes,
+            attribute_blocks=stream.attribute_space.sizes if stream.has_attributes else None,
+            memory=memory, **learner_cfg)
+
+    size = int(memory_cfg.get("size") or 0)
+    if memory_cfg.get("budget") is not None:  # measured on CPU probes, with the global generator restored
+        size = capacity_for_budget(memory_cfg["budget"], lambda c: build(c, torch.device("cpu")), name)
+    return build(dist.share(size), device).to(device)
 
 
 def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
@@ -181,10 +208,23 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
     """
     t_start = time.perf_counter()
     validate_config(cfg)
+    check_online(cfg, LEARNERS.get(cfg["learner"]["name"]))
     if dist.multi:
         cfg = _check_distributed(cfg, dist)
         print_fn = print_fn if dist.is_main else (lambda *_: None)
     run_dir = prepare_run_dir(run_dir)
+    # One live run per folder, taken before the claim so two processes cannot both claim it; under
+    # torchrun rank 0 alone takes it and every rank learns when it was refused.
+    lock = RunFolderLock(run_dir)
+    dist.main_first(lock.acquire)
+    try:
+        return _run_locked(cfg, run_dir, print_fn, dist, t_start)
+    finally:
+        lock.release()  # a no-op on the ranks that did not take it
+
+
+def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: float) -> ReportCard:
+    """``run_experiment`` once rank 0 holds the run folder's lock."""
     if dist.main_first(lambda: _claim_run_dir(cfg, run_dir)):  # rank 0 checks the folder; all learn the outcome
         card = ReportCard.from_dict(json.loads((run_dir / "report.json").read_text()))
         print_fn(format_report(card))
@@ -200,7 +240,7 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
         write_text_atomic(json.dumps(evidence, indent=2), run_dir / "git.json")
 
     seed_everything(seed)
-    stream = build_stream(cfg["benchmark"]).to(device)
+    stream, source = build_source(cfg, build_stream(cfg["benchmark"]).to(device), dist)
     seed_everything(seed)  # the initialisation does not depend on how much the stream drew
     learner = build_learner(cfg, stream, device, dist)
     dist.wrap(learner)  # DDP in a multi-process run
@@ -216,14 +256,17 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
         loggers.append(WandbLogger(cfg, run_dir, run_id=checkpointer.wandb_run_id, **wandb_cfg))
         checkpointer.wandb_run_id = loggers[0].run_id
     try:
-        card = run_stream(learner, stream, epochs=int(cfg["train"]["epochs"]),
-                          batch_size=int(cfg["train"]["batch_size"]), seed=seed,
-                          min_steps=int(cfg["train"].get("min_steps", 0)),
-                          eval_batch_size=int(cfg["eval"]["batch_size"]), loggers=tuple(loggers),
-                          checkpointer=checkpointer, learning_speed=bool(cfg["eval"].get("learning_speed", True)),
-                          few_shot=cfg["eval"].get("few_shot"), new_domain=cfg["eval"].get("new_domain"),
+        ev_cfg, anytime_cfg = cfg["eval"], cfg["eval"]["anytime"]
+        anytime = AnytimeProbe(stream, every=int(anytime_cfg["every"]), per_category=int(anytime_cfg["per_category"]),
+                               seed=seed, batch_size=int(ev_cfg["batch_size"])) if anytime_cfg["every"] else None
+        card = run_stream(learner, stream, source, seed=seed, eval_batch_size=int(ev_cfg["batch_size"]),
+                          eval_every=eval_every(ev_cfg["every"], stream.n_experiences), anytime=anytime,
+                          checkpoint_every=int(cfg["train"]["checkpoint_every"]), loggers=tuple(loggers),
+                          checkpointer=checkpointer, learning_speed=bool(ev_cfg.get("learning_speed", True)),
+                          few_shot=ev_cfg.get("few_shot"), new_domain=ev_cfg.get("new_domain"),
                           progress=bool(cfg.get("progress", True)) and dist.is_main, print_fn=print_fn, dist=dist)
         card.timing["wall_s"] = time.perf_counter() - t_start
+        card.memory_bytes = memory_bytes(learner)  # this process's share in a multi-process run
         if dist.multi:
             record = dist.record(learner)  # every process sends its part
             if not dist.is_main:  # rank 0 alone writes the run folder

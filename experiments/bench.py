@@ -1,9 +1,11 @@
-"""Speed benchmark: our learner against a plain PyTorch loop and Avalanche's Replay, side by side.
+"""Speed benchmark: our learner against a plain PyTorch loop and Avalanche's Replay, side by side,
+on experiences and online (boundary-free).
 
 Examples::
 
-    python experiments/bench.py                        # default sizes, ~4 minutes on a shared 2-core CPU
+    python experiments/bench.py                        # default sizes, ~5 minutes on a shared 2-core CPU
     python experiments/bench.py --quick                # tiny sizes, seconds (what tests/test_bench.py runs)
+    python experiments/bench.py --skip-online          # experiences only
     python experiments/bench.py --device cuda --backbone reduced_resnet18 --channels-last   # see gpu_bench.sh
 
 Every contender trains on the same world stream, with the same backbone, batch size, replay batch
@@ -13,8 +15,8 @@ experience each, and the table reports medians, because the machines here are sh
 
 Contenders:
 
-- ``ours``: ``ChildLearner`` built by ``continual.experiment.build_learner`` and driven exactly as
-  ``continual.loop.run_stream`` drives it (begin_experience, observe per batch, end_experience).
+- ``ours``: ``ChildLearner`` built by ``continual.experiment.build_learner`` and trained by
+  ``continual.loop.train_on``, the driver every run trains through (no copy of the loop here).
 - ``plain``: a hand-written loop doing the same maths (backbone, sliced class head, attribute head,
   class CE + attribute CE, replay batch drawn from a device-resident memory): the practical limit.
 - ``avalanche``: ``avalanche.training.Replay`` on ``to_avalanche(stream)`` with backbone + linear
@@ -24,10 +26,26 @@ Contenders:
 - ``avalanche_eval``: the same with Avalanche's default evaluator (accuracy and loss metrics,
   interactive logger sent to /dev/null), to show what metrics cost.
 
-Time ratios are "seconds per image of A / seconds per image of B": 1.10 means A takes 10 % longer
-per training image than B. ``time_ratios`` (the table, the targets) is the median over rounds of
-the ratio within each round, robust to load drifting between rounds; ``time_ratios_of_medians``
-divides the medians.
+Online section (``--skip-online`` skips it): the same world stream in one i-Blurry arrival order
+(``ONLINE``: ``online_order``, which relabels the stream by first appearance; every contender is
+built on the relabelled stream), cut into hidden segments, one per experience above. A measurement
+is one hidden segment, the first one(s) a warm-up as above; figures are per *stream sample* (an
+arriving image; replay is work done for it, not counted as samples).
+
+- ``ours_online``: ``ChildLearner`` from ``build_learner``, trained by ``train_on`` on an
+  ``OnlineSource`` (labels met as they appear, every batch offered to the class-balanced reservoir).
+- ``plain_online``: ``plain``'s maths on the same batches, head rows started from descriptions as
+  labels first appear, the memory refreshed after every step by a uniform reservoir vectorised on
+  the device (no host sync): the practical limit.
+- ``avalanche_online``: Avalanche's online replay, ``Naive`` + ``ReplayPlugin`` over a
+  ``ReservoirSamplingBuffer``, each segment cut by ``split_online_stream`` into one-batch
+  experiences and ``train`` called on each (see ``AvalancheOnline``). It runs on this stack
+  (Avalanche 0.6.0, torch 2.14); were it to break, its error is recorded like any contender's.
+
+Time ratios are "seconds per image (online: per stream sample) of A / of B": 1.10 means A takes
+10 % longer per training image than B. ``time_ratios`` (the table, the targets) is the median
+over rounds of the ratio within each round, robust to load drifting between rounds;
+``time_ratios_of_medians`` divides the medians.
 """
 
 from __future__ import annotations
@@ -60,18 +78,26 @@ from continual.avalanche_compat import to_avalanche  # noqa: E402  (imports Aval
 from continual.experiment import build_learner, resolve_device, run_experiment, seed_everything  # noqa: E402
 from continual.learner.backbones import BACKBONES  # noqa: E402
 from continual.learner.child import make_optimizer  # noqa: E402
+from continual.loop import TrainProgress, train_on  # noqa: E402
 from continual.metrics.report import write_json_atomic  # noqa: E402
 from continual.stream import Stream, build_stream  # noqa: E402
+from continual.stream.online import OnlineSettings, online_order  # noqa: E402
 from continual.stream.render import RenderSettings, render  # noqa: E402
+from continual.stream.source import Batch, End, ExperienceSource, OnlineSource  # noqa: E402
 
 TARGETS = {  # name -> (threshold, "<=" or ">=")
     "ours/plain, default model": (1.15, "<="),
     "ours/plain, tiny model": (1.5, "<="),
+    "ours/plain, online (per sample)": (1.2, "<="),  # default model
     "render 32x32 img/s": (50_000.0, ">="),
     "default experiment wall s": (60.0, "<"),
     "eval share of the default experiment": (0.25, "<="),
     "peak resident memory GiB": (2.0, "<"),
 }
+
+# The online section's arrival order: i-Blurry (Koh et al. 2022), N = 50 % disjoint categories, M = 10 %
+# of the others' images moved to other hidden segments; as many segments as the bench has experiences.
+ONLINE = OnlineSettings(mode="iblurry", disjoint_share=0.5, blurry_share=0.1)
 
 # The quick mode's experiment: the same tiny config the end-to-end tests train on.
 QUICK_EXPERIMENT = [
@@ -166,47 +192,33 @@ class Contender(Protocol):
     label: str
 
     def train_experience(self, e: int) -> tuple[int, int]:
-        """Train on experience ``e``; returns (images, steps), replay included."""
+        """Train on experience ``e`` (online: hidden segment ``e``); returns (units, steps): images
+        trained on, replay included (online: stream samples arrived, replay not counted)."""
 
 
 class Ours:
-    """ChildLearner built like ``build_learner`` and driven like ``run_stream``."""
+    """ChildLearner built like ``build_learner`` and trained by the loop's own driver, ``train_on``."""
 
-    label = "ours (ChildLearner, run_stream driving)"
+    label = "ours (ChildLearner, train_on driving)"
 
     def __init__(self, cfg: dict, stream: Stream, device: torch.device, epochs: int) -> None:
         seed_everything(cfg["seed"])
         self.learner = build_learner(cfg, stream, device)
-        self.stream, self.device, self.epochs = stream, device, epochs
-        self.batch_size = int(cfg["train"]["batch_size"])
-        self.order = torch.Generator().manual_seed(cfg["seed"])  # the loop's batch-order generator
+        self.device = device
+        source = ExperienceSource(stream, epochs=epochs, batch_size=int(cfg["train"]["batch_size"]), seed=cfg["seed"])
+        self.progress = TrainProgress()
+        # What run_stream times as training: every event through train_on (its learning-speed probes
+        # are evaluation there, and are not made here).
+        self.events = train_on(source, self.learner, self.progress)
 
     def train_experience(self, e: int) -> tuple[int, int]:
-        # What run_stream does for one experience and counts as training time: the learner's three
-        # calls and the loop's on-device bookkeeping (loss sum, first non-finite step, read once per
-        # epoch). Its learning-speed probes are evaluation there, so they are left out here too.
-        stream, learner, device = self.stream, self.learner, self.device
-        learner.begin_experience(e, stream.experiences[e])
-        idx = stream.train_indices(e)
-        x, y = stream.train_x[idx], stream.train_y[idx]
-        codes = stream.class_codes[y] if stream.has_attributes else None
-        loss_sum = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        images = steps = 0
-        for _ in range(self.epochs):
-            # The loop's batches: one host permutation per epoch, copied once, batches of one dropped.
-            perm = torch.randperm(len(y), generator=self.order).to(device)
-            for b in [b for b in perm.split(self.batch_size) if len(b) > 1]:
-                loss = learner.observe(x[b], y[b], codes[b] if codes is not None else None)
-                loss_sum += loss
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
-                images += learner.last_batch_size
-                steps += 1
-            if int(first_bad) >= 0:
-                raise FloatingPointError(f"non-finite loss in experience {e}")
-        learner.end_experience(e, x, y, codes)
-        synchronize(device)
-        return images, steps
+        samples, steps = self.progress.samples, self.progress.steps
+        for event in self.events:
+            if isinstance(event, End):
+                assert event.experience == e, f"benchmark asked for experience {e}, the stream is at {event.experience}"
+                break
+        synchronize(self.device)
+        return self.progress.samples - samples, self.progress.steps - steps
 
 
 class Plain:
@@ -363,29 +375,192 @@ class AvalancheReplay:
 
 
 # ----------------------------------------------------------------------------------------------
+# Online contenders: one pass over the same arrival order; ``train_experience(j)`` trains on hidden
+# segment ``j`` and returns (stream samples, steps): per-sample figures count arrivals, not replay.
+
+
+class OursOnline:
+    """ChildLearner built by ``build_learner`` on the relabelled stream, trained by ``train_on`` on an
+    ``OnlineSource``: labels met as they appear (``meet``), every batch offered to the class-balanced
+    reservoir as it arrives (``remember``, CBRS decided on the host)."""
+
+    label = "ours (ChildLearner, OnlineSource)"
+
+    def __init__(self, cfg: dict, stream: Stream, segments: list[torch.Tensor], device: torch.device) -> None:
+        seed_everything(cfg["seed"])
+        self.learner = build_learner(cfg, stream, device)
+        self.device = device
+        source = OnlineSource(stream, segments, batch_size=int(cfg["train"]["batch_size"]))
+        self.progress = TrainProgress()
+        self.events = train_on(source, self.learner, self.progress)
+
+    def train_experience(self, e: int) -> tuple[int, int]:
+        arrived, steps, samples = self.progress.arrived, self.progress.steps, 0
+        for event in self.events:
+            if isinstance(event, Batch):
+                samples += len(event.y_host)  # the new images the learner observed (host: no sync)
+            elif isinstance(event, End):
+                assert event.experience == e, f"benchmark asked for segment {e}, the stream is at {event.experience}"
+                break
+        assert samples == self.progress.arrived - arrived, "the source's sample count disagrees with its batches"
+        synchronize(self.device)
+        return samples, self.progress.steps - steps
+
+
+def reservoir_slots(arrived: int, n: int, capacity: int, gen: torch.Generator) -> torch.Tensor:
+    """``(n,)`` memory slots for the next ``n`` arrivals of a uniform reservoir, drawn on ``gen``'s device.
+
+    Arrival ``t`` (1-based, after ``arrived`` earlier ones) takes slot ``t - 1`` while the memory
+    fills, then slot ``j ~ U{0..t-1}`` if ``j < capacity``; a dropped arrival gets slot ``capacity``
+    (a spare row), so the caller writes every row with one ``index_copy_``: no mask, no host sync.
+    """
+    t = torch.arange(arrived + 1, arrived + n + 1, device=gen.device)  # (n,) 1-based arrival numbers
+    j = (torch.rand(n, device=gen.device, generator=gen) * t).long()  # (n,) uniform in [0, t)
+    j = torch.minimum(j, t - 1)  # float rounding can give t itself
+    slot = torch.where(t <= capacity, t - 1, j)  # filling: the next free slot
+    return torch.where(slot < capacity, slot, capacity)
+
+
+class PlainOnline(Plain):
+    """The practical limit online: ``Plain``'s maths (``_step``) on the same arrival order and batches.
+
+    A category's head row is started from its description when its label first appears (labels are
+    in order of first appearance, so the rows met are a prefix; which labels a batch brings is read
+    from a host copy of the labels, no device read). After every step the batch goes into the memory
+    by uniform reservoir sampling vectorised on the device (``reservoir_slots``; dropped arrivals are
+    written to a spare row past the end): the cheapest correct per-sample memory. Two arrivals of one
+    batch drawing the same slot (rare: about B^2 / (2 * capacity) * (capacity / t)^2 per batch) keep
+    either one, where the sequential algorithm keeps the later.
+    """
+
+    label = "plain loop, device reservoir"
+
+    def __init__(self, cfg: dict, stream: Stream, segments: list[torch.Tensor], device: torch.device) -> None:
+        super().__init__(cfg, stream, device, epochs=1)
+        self.capacity = len(self.mem_y)
+        # One spare row: where dropped arrivals are written (never sampled: replay draws below mem_n).
+        self.mem_x = torch.empty((self.capacity + 1, *stream.image_shape), dtype=torch.uint8, device=device)
+        self.mem_y = torch.empty(self.capacity + 1, dtype=torch.long, device=device)
+        self.mem_c = torch.empty((self.capacity + 1, len(self.blocks)), dtype=torch.long, device=device)
+        self.segments, self.labels_host, self.arrived = segments, stream.train_y.cpu(), 0
+
+    def _reservoir(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> None:
+        slot = reservoir_slots(self.arrived, len(y), self.capacity, self.gen)  # (B,)
+        self.mem_x.index_copy_(0, slot, x)
+        self.mem_y.index_copy_(0, slot, y)
+        self.mem_c.index_copy_(0, slot, c)
+        self.arrived += len(y)
+        self.mem_n = min(self.arrived, self.capacity)
+
+    def train_experience(self, e: int) -> tuple[int, int]:
+        stream, seg = self.stream, self.segments[e]
+        met_after = (self.labels_host[seg].cummax(0).values + 1).tolist()  # labels met after each arrival (host)
+        on_device = seg.to(self.device)
+        starts = list(range(0, len(seg), self.batch_size))
+        if len(starts) > 1 and len(seg) - starts[-1] < 2:  # as the source: a trailing single image joins the last batch
+            starts.pop()
+        loss_sum = torch.zeros((), device=self.device)
+        steps = 0
+        for start, stop in zip(starts, starts[1:] + [len(seg)]):
+            met = met_after[stop - 1]
+            if met > self.n_seen:
+                with torch.no_grad():  # rows of the labels appearing now, from their descriptions
+                    a = self.class_attributes[self.n_seen: met]
+                    self.class_w[self.n_seen: met] = a @ self.attr.weight
+                    self.class_b[self.n_seen: met] = a @ self.attr.bias
+                self.n_seen = met
+            i = on_device[start:stop]
+            x, y = stream.train_x[i], stream.train_y[i]
+            c = stream.class_codes[y]
+            loss_sum += self._step(x, y, c)
+            self._reservoir(x, y, c)
+            steps += 1
+        synchronize(self.device)
+        return len(seg), steps
+
+
+class AvalancheOnline(AvalancheReplay):
+    """Avalanche 0.6's online replay on the same arrival order: ``Naive`` with a ``ReplayPlugin`` over
+    a ``ReservoirSamplingBuffer`` (the memory updated after every mini-batch), each hidden segment cut
+    by ``split_online_stream`` into mini-experiences of one batch, ``strategy.train`` called on each
+    (Avalanche's online recipe; ``OnlineNaive`` is deprecated for exactly this). Data: the segment's
+    indices into ``to_avalanche(stream).original_train_dataset``, in arrival order. Backbone + linear
+    class head over every category, class CE only, no metrics. Its batches differ from ours only where
+    a segment's last batch holds one image (ours joins it to the batch before).
+    """
+
+    def __init__(self, cfg: dict, stream: Stream, segments: list[torch.Tensor], benchmark: Callable[[], object],
+                 device: torch.device) -> None:
+        from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+        from avalanche.training import Naive
+        from avalanche.training.plugins import ReplayPlugin
+        from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+        self.label = "Avalanche online replay, no metrics"
+        lc = cfg["learner"]
+        torch.manual_seed(cfg["seed"])
+        backbone = BACKBONES.build(lc["backbone"], in_channels=stream.image_shape[0], **lc["backbone_args"])
+        self.model = _AvalancheNet(backbone, stream.n_classes, bool(lc["amp"]), bool(lc["channels_last"])).to(device)
+        if lc["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(self.model.parameters(), lc["optimizer"], lc["lr"], lc["weight_decay"])
+        self.batch_size, replay = int(cfg["train"]["batch_size"]), int(lc["replay_batch_size"])
+        mem = int(cfg["memory"]["size"])
+        self.devnull = open(os.devnull, "w")
+        with self._quiet():
+            plugin = ReplayPlugin(mem, batch_size_mem=replay, storage_policy=ReservoirSamplingBuffer(mem))
+            self.strategy = Naive(model=self.model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
+                                  train_mb_size=self.batch_size, train_epochs=1, eval_mb_size=self.batch_size,
+                                  device=device, evaluator=None, plugins=[plugin])
+            data = benchmark().original_train_dataset
+        labels = torch.as_tensor(list(data.targets))
+        if not torch.equal(labels, stream.train_y.cpu()):
+            raise RuntimeError("to_avalanche's training set is not the stream's, index for index")
+        self.segments = [DatasetExperience(dataset=data.subset(seg.tolist()), current_experience=j)
+                         for j, seg in enumerate(segments)]
+        self.device = device
+
+    def train_experience(self, e: int) -> tuple[int, int]:
+        from avalanche.benchmarks.scenarios.online import split_online_stream
+
+        steps0, samples = self.model.steps, 0
+        with self._quiet():
+            for batch in split_online_stream([self.segments[e]], experience_size=self.batch_size, shuffle=False):
+                self.strategy.train(batch)
+                samples += len(batch.dataset)
+        synchronize(self.device)
+        return samples, self.model.steps - steps0
+
+
+# ----------------------------------------------------------------------------------------------
 # Measurements
 
 
 @dataclass
 class Series:
-    """Per-round measurements of one contender."""
+    """Per-round measurements of one contender, in ``unit``s: training images (replay included) for
+    experiences, stream samples (arrivals, replay not counted) online."""
 
     label: str
+    unit: str = "image"
     seconds: list[float] = field(default_factory=list)
-    images: list[int] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    total: int = 0  # units of every measurement, warm-up included
 
     def summary(self) -> dict:
-        """Medians of the rounds (seconds per image first, so the ratios are exact quotients)."""
-        s_per_image = statistics.median(s / n for s, n in zip(self.seconds, self.images))
+        """Medians of the rounds (seconds per unit first, so the ratios are exact quotients)."""
+        u = self.unit
+        s_per_unit = statistics.median(s / n for s, n in zip(self.seconds, self.units))
         return {
             "label": self.label,
-            "images_per_s": 1.0 / s_per_image,
-            "seconds_per_image": s_per_image,
+            f"{u}s_per_s": 1.0 / s_per_unit,
+            f"seconds_per_{u}": s_per_unit,
             "ms_per_step": 1e3 * statistics.median(s / k for s, k in zip(self.seconds, self.steps)),
-            "images_per_measurement": statistics.median(self.images),
+            f"{u}s_per_measurement": statistics.median(self.units),
             "steps_per_measurement": statistics.median(self.steps),
-            "rounds_seconds_per_image": [s / n for s, n in zip(self.seconds, self.images)],
+            f"rounds_seconds_per_{u}": [s / n for s, n in zip(self.seconds, self.units)],
+            f"rounds_{u}s": list(self.units),
         }
 
 
@@ -393,62 +568,98 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def compare_training(cfg: dict, stream: Stream, benchmark: Callable[[], object], device: torch.device, epochs: int,
-                     sizes: Sizes, log: Callable[[str], None]) -> dict:
-    """Warm every contender up on the first experience(s), then time one experience each per round, interleaved.
+def interleave(builders: dict[str, Callable[[], Contender]], sizes: Sizes, unit: str, log: Callable[[str], None],
+               ) -> tuple[dict[str, Series], dict[str, str]]:
+    """Build each contender and warm it up on the first measurement(s) (experiences, or online hidden
+    segments), then time one each per round, in turns (A B C A B C ...).
 
     A contender that fails is recorded with its error and dropped, and the others go on: a lent GPU
     machine gives one try, and ours against plain is worth keeping when Avalanche breaks.
     """
-    builders: dict[str, Callable[[], Contender]] = {
-        "ours": lambda: Ours(cfg, stream, device, epochs),
-        "plain": lambda: Plain(cfg, stream, device, epochs),
-        "avalanche": lambda: AvalancheReplay(cfg, stream, benchmark, device, epochs, default_evaluator=False),
-        "avalanche_eval": lambda: AvalancheReplay(cfg, stream, benchmark, device, epochs, default_evaluator=True),
-    }
     contenders: dict[str, Contender] = {}
+    series: dict[str, Series] = {}
     errors: dict[str, str] = {}
     for k, build in builders.items():
         try:
             contenders[k] = build()
+            series[k] = Series(contenders[k].label, unit)
             for e in range(sizes.warmup):  # warm-up; it also fills the memory, so timed steps replay
-                contenders[k].train_experience(e)
+                series[k].total += contenders[k].train_experience(e)[0]
         except Exception as err:  # noqa: BLE001 (recorded, reported, and the exit status says so)
             errors[k] = _error(err)
             contenders.pop(k, None)
+            series.pop(k, None)
             log(f"  {k} failed: {errors[k]}")
-    series = {k: Series(c.label) for k, c in contenders.items()}
     for r in range(1, sizes.rounds + 1):
         for k, c in list(contenders.items()):
             t0 = time.perf_counter()
             try:
-                images, steps = c.train_experience(sizes.warmup + r - 1)
+                units, steps = c.train_experience(sizes.warmup + r - 1)
             except Exception as err:  # noqa: BLE001
                 errors[k] = _error(err)
                 del contenders[k], series[k]
                 log(f"  {k} failed: {errors[k]}")
                 continue
             series[k].seconds.append(time.perf_counter() - t0)
-            series[k].images.append(images)
+            series[k].units.append(units)
             series[k].steps.append(steps)
+            series[k].total += units
         log(f"  round {r}/{sizes.rounds}: " + ", ".join(
-            f"{k} {s.images[-1] / s.seconds[-1]:.0f} img/s" for k, s in series.items()))
+            f"{k} {s.units[-1] / s.seconds[-1]:.0f} {'img' if unit == 'image' else unit}/s" for k, s in series.items()))
+    return series, errors
+
+
+def time_ratios(contenders: dict[str, dict], pairs: list[tuple[str, str]], unit: str) -> dict:
+    """``time_ratios`` and ``time_ratios_of_medians`` (seconds per ``unit`` of A / of B) of the pairs measured.
+
+    Paired: the two measurements of a round ran seconds apart under the same load, so their ratio
+    is steady even when the machine's load drifts between rounds (which moves the medians).
+    """
+    rounds = {k: v[f"rounds_seconds_per_{unit}"] for k, v in contenders.items() if "error" not in v}
+    medians = {k: v[f"seconds_per_{unit}"] for k, v in contenders.items() if "error" not in v}
+    pairs = [(a, b) for a, b in pairs if a in rounds and b in rounds]
+    return {"time_ratios": {f"{a}/{b}": statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
+                            for a, b in pairs},
+            "time_ratios_of_medians": {f"{a}/{b}": medians[a] / medians[b] for a, b in pairs}}
+
+
+def compare_training(cfg: dict, stream: Stream, benchmark: Callable[[], object], device: torch.device, epochs: int,
+                     sizes: Sizes, log: Callable[[str], None]) -> dict:
+    """Experiences: each contender trains one whole experience per measurement (``interleave``)."""
+    builders: dict[str, Callable[[], Contender]] = {
+        "ours": lambda: Ours(cfg, stream, device, epochs),
+        "plain": lambda: Plain(cfg, stream, device, epochs),
+        "avalanche": lambda: AvalancheReplay(cfg, stream, benchmark, device, epochs, default_evaluator=False),
+        "avalanche_eval": lambda: AvalancheReplay(cfg, stream, benchmark, device, epochs, default_evaluator=True),
+    }
+    series, errors = interleave(builders, sizes, "image", log)
     out = {"backbone": cfg["learner"]["backbone"], "backbone_args": cfg["learner"]["backbone_args"],
            "epochs_per_measurement": epochs,
            "contenders": {k: s.summary() for k, s in series.items()} | {
                k: {"label": k, "error": msg} for k, msg in errors.items()}}
-    # Paired: the two measurements of a round ran seconds apart under the same load, so their
-    # ratio is steady even when the machine's load drifts between rounds (which moves the medians).
-    rounds = {k: v["rounds_seconds_per_image"] for k, v in out["contenders"].items() if "error" not in v}
-    pairs = [(a, b) for a, b in (("ours", "plain"), ("ours", "avalanche"), ("avalanche", "plain"),
-                                 ("avalanche_eval", "avalanche"), ("avalanche_eval", "plain"))
-             if a in rounds and b in rounds]
-    out["time_ratios"] = {f"{a}/{b}": statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
-                          for a, b in pairs}
-    out["time_ratios_of_medians"] = {
-        f"{a}/{b}": out["contenders"][a]["seconds_per_image"] / out["contenders"][b]["seconds_per_image"]
-        for a, b in pairs}
-    return out
+    pairs = [("ours", "plain"), ("ours", "avalanche"), ("avalanche", "plain"),
+             ("avalanche_eval", "avalanche"), ("avalanche_eval", "plain")]
+    return out | time_ratios(out["contenders"], pairs, "image")
+
+
+def compare_online(cfg: dict, stream: Stream, segments: list[torch.Tensor], benchmark: Callable[[], object],
+                   device: torch.device, sizes: Sizes, log: Callable[[str], None]) -> dict:
+    """Online: each contender trains one hidden segment of the same arrival order per measurement;
+    figures are per stream sample. ``samples_total``: samples each trained on over the whole pass
+    (warm-up included), to set against ``stream_samples``."""
+    builders: dict[str, Callable[[], Contender]] = {
+        "ours_online": lambda: OursOnline(cfg, stream, segments, device),
+        "plain_online": lambda: PlainOnline(cfg, stream, segments, device),
+        "avalanche_online": lambda: AvalancheOnline(cfg, stream, segments, benchmark, device),
+    }
+    series, errors = interleave(builders, sizes, "sample", log)
+    out = {"backbone": cfg["learner"]["backbone"], "backbone_args": cfg["learner"]["backbone_args"],
+           "stream_samples": len(stream.train_y), "segments": [len(s) for s in segments],
+           "contenders": {k: s.summary() | {"samples_total": s.total} for k, s in series.items()} | {
+               k: {"label": k, "error": msg} for k, msg in errors.items()}}
+    pairs = [("ours_online", "plain_online"), ("avalanche_online", "plain_online"),
+             ("ours_online", "avalanche_online")]
+    return out | time_ratios(out["contenders"], pairs, "sample")
 
 
 def measure_rendering(sizes: Sizes, rounds: int, device: torch.device, seed: int) -> dict:
@@ -496,17 +707,37 @@ def check_targets(result: dict) -> list[dict]:
         "render 32x32 img/s": result["render"].get("32x32", {}).get("images_per_s"),
         "peak resident memory GiB": result["peak_rss_mib"] / 1024,
     }
+    if result["online"] != "skipped":
+        values["ours/plain, online (per sample)"] = result["online"]["default"]["time_ratios"].get(
+            "ours_online/plain_online")
     if ex != "skipped":
         values["default experiment wall s"] = ex.get("wall_s")
         values["eval share of the default experiment"] = ex.get("eval_share")
     checks = []
     for name, (threshold, op) in TARGETS.items():
-        if name not in values:  # --skip-experiment
+        if name not in values:  # --skip-experiment, --skip-online
             continue
         v = values[name]
         ok = v is not None and {"<=": v <= threshold, ">=": v >= threshold, "<": v < threshold}[op]
         checks.append({"target": name, "value": v, "op": op, "threshold": threshold, "pass": bool(ok)})
     return checks
+
+
+def _comparison_lines(kind: str, t: dict, plain: str, unit: str) -> list[str]:
+    """One model's rows of a comparison (``compare_training`` or ``compare_online``), then its ratios."""
+    lines = [f"{kind} model: {t['backbone']} {t['backbone_args']}"]
+    base = t["contenders"][plain].get(f"rounds_seconds_per_{unit}")
+    for k, c in t["contenders"].items():
+        if "error" in c:
+            lines.append(f"  {k:<42}FAILED {c['error'][:200]}")
+            continue
+        vs = math.nan if base is None else statistics.median(
+            a / b for a, b in zip(c[f"rounds_seconds_per_{unit}"], base))
+        lines.append(f"  {c['label']:<42}{c[f'{unit}s_per_s']:>10.0f}{c['ms_per_step']:>10.2f}"
+                     f"{c[f'{unit}s_per_measurement']:>11.0f}{vs:>9.2f}x")
+    lines.append("  time ratios, paired: " + ", ".join(f"{k} {v:.2f}x" for k, v in t["time_ratios"].items()))
+    lines.append("  of the medians:      " + ", ".join(f"{k} {v:.2f}x" for k, v in t["time_ratios_of_medians"].items()))
+    return lines
 
 
 def format_table(result: dict) -> str:
@@ -520,20 +751,18 @@ def format_table(result: dict) -> str:
     lines.append("training: medians of rounds; 'vs plain' = median of the per-round time ratios (paired)")
     lines.append(f"{'':<44}{'img/s':>10}{'ms/step':>10}{'img/meas.':>11}{'vs plain':>10}")
     for kind, t in result["training"].items():
-        lines.append(f"{kind} model: {t['backbone']} {t['backbone_args']}")
-        plain = t["contenders"]["plain"].get("rounds_seconds_per_image")
-        for k, c in t["contenders"].items():
-            if "error" in c:
-                lines.append(f"  {k:<42}FAILED {c['error'][:200]}")
-                continue
-            vs = math.nan if plain is None else statistics.median(
-                a / b for a, b in zip(c["rounds_seconds_per_image"], plain))
-            lines.append(f"  {c['label']:<42}{c['images_per_s']:>10.0f}{c['ms_per_step']:>10.2f}"
-                         f"{c['images_per_measurement']:>11.0f}{vs:>9.2f}x")
-        lines.append("  time ratios, paired: " + ", ".join(f"{k} {v:.2f}x" for k, v in t["time_ratios"].items()))
-        lines.append("  of the medians:      " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in t["time_ratios_of_medians"].items()))
+        lines += _comparison_lines(kind, t, "plain", "image")
     lines.append("")
+    online = result["online"]
+    if online != "skipped":
+        o = online["settings"]
+        lines.append(f"online ({o['mode']}, disjoint share {o['disjoint_share']:g}, blurry share "
+                     f"{o['blurry_share']:g}, one pass, {o['segments']} hidden segments): one segment per "
+                     f"measurement, per stream sample (replay not counted)")
+        lines.append(f"{'':<44}{'sample/s':>10}{'ms/step':>10}{'smp/meas.':>11}{'vs plain':>10}")
+        for kind in ("default", "tiny"):
+            lines += _comparison_lines(kind, online[kind], "plain_online", "sample")
+        lines.append("")
     for size, rnd in result["render"].items():
         if size == "error":
             lines.append(f"render FAILED {rnd[:200]}")
@@ -572,6 +801,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="channels_last for every contender (GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile our learner's backbone (learner.compile)")
     p.add_argument("--skip-experiment", action="store_true", help="do not run the default experiment")
+    p.add_argument("--skip-online", action="store_true", help="do not run the online (boundary-free) section")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads, for everything measured (0: torch's choice, one per core)")
     p.add_argument("--seed", type=int, default=0)
@@ -634,6 +864,24 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"training, {kind} model ({backbone}), {epochs} epoch(s) of one experience per measurement ...")
         result["training"][kind] = compare_training(bench_config(args, sizes, backbone), stream,
                                                     avalanche_benchmark, device, epochs, sizes, log)
+    if args.skip_online:
+        result["online"] = "skipped"
+    else:
+        # One arrival order for both models; it relabels the stream (labels by first appearance), so
+        # every online contender is built on the returned stream.
+        online_stream, segments = online_order(stream, ONLINE, args.seed)
+
+        @functools.cache
+        def avalanche_online_benchmark():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return to_avalanche(online_stream, float_images=False)
+
+        result["online"] = {"settings": ONLINE.__dict__ | {"segments": len(segments)}}
+        for kind, backbone in (("default", args.backbone), ("tiny", "linear")):
+            log(f"online, {kind} model ({backbone}), one hidden segment per measurement ...")
+            result["online"][kind] = compare_online(bench_config(args, sizes, backbone), online_stream, segments,
+                                                    avalanche_online_benchmark, device, sizes, log)
     log("rendering ...")
     try:
         result["render"] = measure_rendering(sizes, sizes.rounds, device, args.seed)
@@ -661,6 +909,9 @@ def main(argv: list[str] | None = None) -> dict:
               if isinstance(part, dict) and "error" in part]
     failed += [f"{kind}/{k}" for kind, t in result["training"].items() for k, c in t["contenders"].items()
                if "error" in c]
+    if result["online"] != "skipped":
+        failed += [f"online/{kind}/{k}" for kind in ("default", "tiny")
+                   for k, c in result["online"][kind]["contenders"].items() if "error" in c]
     if failed:
         log(f"FAILED parts: {', '.join(failed)} (errors in the JSON)")
         sys.exit(1)

@@ -16,7 +16,9 @@ from continual.learner.er_ace import RecentReservoir
 from continual.learner.icarl import herding_order
 from continual.memory import ClassBalancedReservoir
 from continual.memory.logits import LogitReservoir
+from continual.loop import TrainProgress, train_on
 from continual.stream import build_stream
+from continual.stream.source import Batch, Begin, End, ExperienceSource
 from tests.conftest import TINY, compose_config
 
 WITH_ATTRIBUTES = {"child"}  # the only learner with attribute heads; every other one is class-only
@@ -52,20 +54,21 @@ def test_learner_runs_the_whole_pipeline(name, tmp_path, world_cache):
     assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}
 
 
-def _drive(learner, stream, experiences: range, steps: int = 3, batch: int = 16) -> list[torch.Tensor]:
-    """A few real steps of each experience through the learner's three methods; the losses."""
-    codes_of = stream.class_codes if stream.has_attributes else None
+def _drive(learner, stream, experiences: range) -> list[torch.Tensor]:
+    """The experiences ``experiences`` of a one-epoch source through ``train_on`` (the loop's own
+    driver), after a fixed seed (GDumb re-initialises and joint/GDumb shuffle from the global
+    generator); the losses."""
+    source = ExperienceSource(stream, epochs=1, batch_size=16, seed=0)
+    begins = [i for i, event in enumerate(source.events()) if isinstance(event, Begin)]
+    progress = TrainProgress(position=begins[experiences.start])
+    progress.met = sum(len(c) for c in stream.experiences[: experiences.start])
+    seed_everything(7)
     losses = []
-    for e in experiences:
-        learner.begin_experience(e, stream.experiences[e])
-        idx = stream.train_indices(e)
-        x, y = stream.train_x[idx], stream.train_y[idx]
-        codes = codes_of[y] if codes_of is not None else None
-        for s in range(steps):
-            b = slice(s * batch, (s + 1) * batch)
-            losses.append(learner.observe(x[b], y[b], codes[b] if codes is not None else None))
-        seed_everything(7)  # GDumb re-initialises and joint/GDumb shuffle from the global generator
-        learner.end_experience(e, x, y, codes)
+    for event in train_on(source, learner, progress):
+        if isinstance(event, Batch):
+            losses.append(progress.loss_sum.clone())
+        if isinstance(event, End) and event.experience == experiences.stop - 1:
+            break
     return losses
 
 

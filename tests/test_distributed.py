@@ -168,27 +168,29 @@ def test_two_process_run_killed_after_an_experience_resumes_to_the_same_report(t
 
     cut = tmp_path / "cut"
     victim = _torchrun(cut, world_cache)
-    committed = [cut / "checkpoint.pt", cut / "checkpoint.rank1.exp1.pt"]  # experience 1, on both ranks
-    deadline = time.time() + 180
-    while not all(p.exists() for p in committed) and victim.poll() is None and time.time() < deadline:
+    deadline = time.time() + 180  # until a checkpoint is committed on both ranks
+    while not ((cut / "checkpoint.pt").exists() and any(cut.glob("checkpoint.rank1.pos*.pt"))) \
+            and victim.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert victim.poll() is None, "the run ended before it could be killed"
     _kill_all(victim)
     assert not (cut / "report.json").exists()
-    k = torch.load(cut / "checkpoint.pt", weights_only=True)["loop"]["next_experience"]
-    assert 1 <= k < 3 and (cut / f"checkpoint.rank1.exp{k}.pt").exists()
+    loop = torch.load(cut / "checkpoint.pt", weights_only=True)["loop"]
+    k, position, steps = loop["next_experience"], loop["progress"]["position"], loop["progress"]["steps"]
+    assert 1 <= k < 3 and (cut / f"checkpoint.rank1.pos{position}.pt").exists()
     # As a kill after rank 1's save and before rank 0's commit leaves it: a rank file ahead of
     # checkpoint.pt, which the resume must ignore (and the next commit remove).
-    (cut / f"checkpoint.rank1.exp{k + 1}.pt").write_bytes(b"half-written by a killed run")
+    (cut / f"checkpoint.rank1.pos{position + 1}.pt").write_bytes(b"half-written by a killed run")
 
     again = _torchrun(cut, world_cache)
     out, err = again.communicate(timeout=240)
     assert again.returncode == 0, err[-3000:]
-    assert f"resuming from {cut / 'checkpoint.pt'} at experience {k + 1}/3" in out
+    assert f"resuming from {cut / 'checkpoint.pt'} at step {steps} (experience {k}/3)" in out
     a = json.loads((tmp_path / "whole" / "report.json").read_text())
     b = json.loads((cut / "report.json").read_text())
     assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
     assert a["timing"]["train_samples"] == b["timing"]["train_samples"]  # each rank kept its own count
     assert json.loads((tmp_path / "whole" / "distributed.json").read_text()) == \
         json.loads((cut / "distributed.json").read_text())  # memories and weights alike
-    assert sorted(p.name for p in cut.glob("checkpoint*.pt")) == ["checkpoint.pt", "checkpoint.rank1.exp3.pt"]
+    final = torch.load(cut / "checkpoint.pt", weights_only=True)["loop"]["progress"]["position"]
+    assert sorted(p.name for p in cut.glob("checkpoint*.pt")) == ["checkpoint.pt", f"checkpoint.rank1.pos{final}.pt"]

@@ -106,7 +106,20 @@ def test_metrics_use_experience_as_step_axis(tmp_path: Path) -> None:
         for r in iter_records(logger.record_file)
         if r.WhichOneof("record_type") == "metric"
     }
-    assert metrics == {"experience": "", "*": "experience"}
+    # Anytime accuracy is plotted against stream samples, everything else per experience.
+    assert metrics == {"experience": "", "samples": "", "anytime/*": "samples", "*": "experience"}
+
+
+def test_anytime_points_are_logged_on_the_samples_axis(tmp_path: Path) -> None:
+    logger = WandbLogger({}, tmp_path)
+    logger.log_anytime({"samples": 200, "n_met": 4, "accuracy": 0.5, "zero_shot": None, "per_category": {"0": 1.0}})
+    logger.log_anytime({"samples": 400, "n_met": 6, "accuracy": 0.25, "zero_shot": 0.4, "per_category": {}})
+    logger.finish()
+    history = read_offline_run(logger.record_file)["history"]
+    assert [row["samples"] for row in history] == [200, 400]
+    assert [row["anytime/accuracy"] for row in history] == [0.5, 0.25]
+    assert "anytime/zero_shot" not in history[0] and history[1]["anytime/zero_shot"] == 0.4
+    assert not any(k.startswith("anytime/per_category") for row in history for k in row)
 
 
 def test_resume_keeps_run_id(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """What every learner offers the training loop and the evaluator.
 
-The loop calls, in order: ``begin_experience`` once, ``observe`` once per mini-batch,
-``end_experience`` once; the evaluator calls ``scores``. Nothing else reaches into a learner.
+On an experience stream the loop calls, in order: ``begin_experience`` once, ``observe`` once per
+mini-batch, ``end_experience`` once. On an online stream (no boundaries) it calls ``meet`` when labels
+appear for the first time, ``observe`` per mini-batch and ``remember`` with each mini-batch after it;
+a learner that needs boundaries says so with ``supports_online = False`` and ``online_blocker``.
+The evaluator calls ``scores``. Nothing else reaches into a learner.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class Learner(nn.Module):
     # ``train_forward`` sets ``supports_ddp``; ``DistContext.wrap`` sets ``ddp_call`` (DDP's forward).
     supports_ddp: bool = False
     ddp_call: Callable[..., Any] | None = None
+    # Online streams (continual.stream.source.OnlineSource): learners that need a boundary say why not.
+    supports_online: bool = False
+    online_blocker: str = "it has not been adapted to streams without boundaries yet"
 
     def train_forward(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``: a training step's forward pass. In a multi-process run it goes through
@@ -51,6 +57,16 @@ class Learner(nn.Module):
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
                        codes: torch.Tensor | None) -> None:
         """Called with all of the experience's training data once its training is over."""
+
+    def meet(self, new_classes: list[int]) -> None:
+        """Online streams: ``new_classes`` (the next labels) appear for the first time in the coming batch."""
+        raise NotImplementedError(f"{type(self).__name__} cannot learn without boundaries: {self.online_blocker}")
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor, y_host: torch.Tensor, codes: torch.Tensor | None) -> None:
+        """Online streams: a mini-batch has just been trained on (``y_host``: its labels on the host);
+        offer it to the replay memory, as samples arrive. Without a memory: nothing to do."""
+        if getattr(self, "memory", None) is not None:
+            self.memory.offer(x, y, y_host, codes)
 
     @torch.inference_mode()
     def scores(self, x: torch.Tensor) -> Scores:

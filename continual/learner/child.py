@@ -36,6 +36,7 @@ class ChildLearner(ClassifierLearner):
     """Replay + attribute abstraction heads + description-initialised category classifiers."""
 
     supports_ddp = True  # the embedding goes through ``train_forward``; the heads follow it
+    supports_online = True  # ``meet`` starts rows from descriptions; binding needs no boundary
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...], class_attributes: torch.Tensor | None,
                  attribute_blocks: tuple[int, ...] | None, memory: ClassBalancedReservoir,
@@ -84,7 +85,17 @@ class ChildLearner(ClassifierLearner):
         self.reset_optimizer()  # again, now that the attribute head's parameters exist
 
     def begin_experience(self, experience: int, new_classes: list[int]) -> None:
-        self.check_next_labels(experience, new_classes)
+        self.check_next_labels(f"experience {experience}", new_classes)
+        self._start_rows(new_classes)
+
+    def meet(self, new_classes: list[int]) -> None:
+        # Online: the same start from the description, as the label first appears; binding then
+        # writes the rows from the first examples of the very batch that brings them.
+        self.check_next_labels("the stream", new_classes)
+        self._start_rows(new_classes)
+
+    def _start_rows(self, new_classes: list[int]) -> None:
+        """Head rows for ``new_classes``: from their descriptions where there are any, open to binding."""
         weight = bias = None
         if self.attribute_init:
             weight, bias = self.attribute_head.describe_classes(self.class_attributes[new_classes])
@@ -176,6 +187,17 @@ class ChildLearner(ClassifierLearner):
         self.label_counts += delta
         counts = self.label_counts[:n_active] + 1
         return (counts / counts.sum()).log()
+
+    def checkpoint_state(self) -> dict:
+        state = super().checkpoint_state()
+        if self.binding is not None:  # host-side: when binding next reads the device (a checkpoint may fall mid-experience)
+            state["binding_host"] = {"live": self.binding.live, "steps": self.binding._steps}
+        return state
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        super().load_checkpoint_state(state)
+        if self.binding is not None and "binding_host" in state:
+            self.binding.live, self.binding._steps = bool(state["binding_host"]["live"]), int(state["binding_host"]["steps"])
 
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
                        codes: torch.Tensor | None) -> None:

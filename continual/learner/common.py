@@ -87,15 +87,18 @@ class ClassifierLearner(Learner):
         with self._autocast(x.device):
             return self(x).float()
 
-    def check_next_labels(self, experience: int, new_classes: list[int]) -> None:
+    def check_next_labels(self, where: str, new_classes: list[int]) -> None:
         """Labels arrive in order, so the new categories must be the next rows of the head."""
         start = self.class_head.n_active
         if new_classes != list(range(start, start + len(new_classes))):
-            raise ValueError(f"experience {experience} brings labels {new_classes}, "
-                             f"expected the next {len(new_classes)} after {start}")
+            raise ValueError(f"{where} brings labels {new_classes}, expected the next {len(new_classes)} after {start}")
 
     def begin_experience(self, experience: int, new_classes: list[int]) -> None:
-        self.check_next_labels(experience, new_classes)
+        self.check_next_labels(f"experience {experience}", new_classes)
+        self.class_head.grow(len(new_classes))
+
+    def meet(self, new_classes: list[int]) -> None:
+        self.check_next_labels("the stream", new_classes)
         self.class_head.grow(len(new_classes))
 
     def step(self, loss: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ class DERPPLearner(ClassifierLearner):
     """
 
     supports_ddp = True
+    supports_online = True  # online, each batch goes to the memory with its training logits
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
@@ -48,7 +49,9 @@ class DERPPLearner(ClassifierLearner):
         n, r = len(y), self.replay_batch_size
         if len(self.memory) == 0 or r == 0:  # host-side counters: no sync
             self.last_batch_size = n
-            return self.step(F.cross_entropy(self.train_forward(self.logits, x), y))
+            logits = self.train_forward(self.logits, x)  # (B, n_seen)
+            self._last_logits = logits.detach()
+            return self.step(F.cross_entropy(logits, y))
         x1, _, _, stored, valid = self.memory.sample(r)  # stored, valid: (R, n_classes)
         x2, y2, _, _, _ = self.memory.sample(r)
         # One forward over current + both replay batches: batch norm sees them together.
@@ -60,7 +63,13 @@ class DERPPLearner(ClassifierLearner):
         mse = sq.sum() / valid[:, :k].sum().clamp(min=1)
         loss = (F.cross_entropy(logits[:n], y) + self.alpha * mse
                 + self.beta * F.cross_entropy(logits[n + r:], y2))
+        self._last_logits = logits[:n].detach()
         return self.step(loss)
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor, y_host: torch.Tensor, codes: torch.Tensor | None) -> None:
+        """Online: the batch goes to the memory with the logits of its training forward (as in the
+        paper's per-step reservoir)."""
+        self.memory.offer(x, y, y_host, codes, logits=self._last_logits)
 
     @torch.no_grad()
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,

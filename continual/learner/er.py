@@ -23,6 +23,7 @@ class ERLearner(ClassifierLearner):
     """
 
     supports_ddp = True
+    supports_online = True  # online, the memory takes each batch as it arrives (``remember``)
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,

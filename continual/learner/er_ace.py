@@ -12,6 +12,10 @@ experience ends; replaying it alone left each new experience at 14-36% right aft
 (default world stream). So replay draws from the memory and from ``RecentReservoir``, a uniform
 sample of the current experience's images so far, in the proportion a whole-stream reservoir
 would hold them (presentations this experience / all presentations).
+
+On an online stream (``online=True``, set by the experiment) the memory itself is filled at every
+step (``remember``, as for ER), which is the paper's setting: the recent buffer is not needed and not
+allocated, so at equal bytes ER-ACE holds as many examples as ER.
 """
 
 from __future__ import annotations
@@ -75,13 +79,15 @@ class ERACELearner(ERLearner):
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, replay_batch_size: int = 32,
                  backbone: str = "small_cnn", backbone_args: dict | None = None, optimizer: str = "adam",
-                 lr: float = 1e-3, weight_decay: float = 0.0, amp: bool = True, channels_last: bool = False) -> None:
+                 lr: float = 1e-3, weight_decay: float = 0.0, amp: bool = True, channels_last: bool = False,
+                 online: bool = False) -> None:
         super().__init__(n_classes=n_classes, image_shape=image_shape, memory=memory,
                          replay_batch_size=replay_batch_size, backbone=backbone, backbone_args=backbone_args,
                          optimizer=optimizer, lr=lr, weight_decay=weight_decay, amp=amp, channels_last=channels_last)
-        self.recent = RecentReservoir(memory.capacity, image_shape, memory.device)
-        # Seeded from the global generator (set from the run's seed), after the weights are drawn.
-        self.recent.generator.manual_seed(int(torch.randint(2**62, ())))
+        self.recent = None if online else RecentReservoir(memory.capacity, image_shape, memory.device)
+        if self.recent is not None:
+            # Seeded from the global generator (set from the run's seed), after the weights are drawn.
+            self.recent.generator.manual_seed(int(torch.randint(2**62, ())))
         self.presented_before = 0  # images presented in earlier experiences (epochs included)
 
     def begin_experience(self, experience: int, new_classes: list[int]) -> None:
@@ -91,6 +97,8 @@ class ERACELearner(ERLearner):
 
     def _replay(self, r: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``r`` replay images: from the memory and the current experience, as one reservoir would hold them."""
+        if self.recent is None:  # online: the memory is filled at every step
+            return self.memory.sample(r)[:2] if len(self.memory) > 0 and r > 0 else None
         total = self.presented_before + self.recent.seen
         r_new = round(r * self.recent.seen / total) if total > 0 and len(self.recent) > 0 else 0
         r_old = r - r_new if len(self.memory) > 0 else 0
@@ -115,17 +123,25 @@ class ERACELearner(ERLearner):
         if replay is not None:
             loss = loss + F.cross_entropy(logits[n:], replay[1])
         loss = self.step(loss)
-        self.recent.add(x, y)  # after the step, as a per-step reservoir is filled
+        if self.recent is not None:
+            self.recent.add(x, y)  # after the step, as a per-step reservoir is filled
         return loss
 
     def checkpoint_state(self) -> dict:
-        # The recent buffer is emptied at every experience start, and checkpoints fall between
-        # experiences: its counters and generator are all that carries over.
+        if self.recent is None:
+            return super().checkpoint_state()
+        # Checkpoints may fall inside an experience: the recent buffer's images go with them.
+        n = len(self.recent)
         return {**super().checkpoint_state(), "presented_before": self.presented_before,
-                "recent_seen": self.recent.seen, "recent_generator": self.recent.generator.get_state()}
+                "recent_seen": self.recent.seen, "recent_generator": self.recent.generator.get_state(),
+                "recent_x": self.recent.x[:n].clone(), "recent_y": self.recent.y[:n].clone()}
 
     def load_checkpoint_state(self, state: dict) -> None:
         super().load_checkpoint_state(state)
+        if self.recent is None:
+            return
         self.presented_before = int(state["presented_before"])
         self.recent.seen = int(state["recent_seen"])
         self.recent.generator.set_state(state["recent_generator"])
+        n = len(self.recent)
+        self.recent.x[:n], self.recent.y[:n] = state["recent_x"], state["recent_y"]

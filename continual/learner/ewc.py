@@ -29,6 +29,8 @@ class EWCLearner(ClassifierLearner):
     """
 
     supports_ddp = True
+    online_blocker = ("its penalty anchors the weights and Fisher information taken at each experience's end "
+                      "(EWC++ estimates them online; not built here)")
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,

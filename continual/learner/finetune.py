@@ -22,6 +22,7 @@ class FinetuneLearner(ClassifierLearner):
     """
 
     supports_ddp = True  # ``cross_entropy_step`` goes through ``train_forward``
+    supports_online = True
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,

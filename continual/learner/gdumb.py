@@ -25,6 +25,9 @@ from continual.memory import ClassBalancedReservoir
 class GDumbLearner(ClassifierLearner):
     """Memory only: retrain from scratch on ``memory.size`` class-balanced images after each experience."""
 
+    online_blocker = ("it retrains from scratch on its memory at each experience's end; without boundaries "
+                      "that would be before every prediction (anytime evaluation)")
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, epochs: int = 30, batch_size: int = 32,

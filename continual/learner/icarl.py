@@ -120,6 +120,8 @@ class ICaRLLearner(ClassifierLearner):
     samples) the new categories have no mean yet, so it falls back to the network's outputs.
     """
 
+    online_blocker = "it picks exemplars by herding and distils from the model frozen at each experience's end"
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, replay_batch_size: int = 32,

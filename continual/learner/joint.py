@@ -51,6 +51,9 @@ class JointLearner(ClassifierLearner):
     so the loop's memory size shows how many images joint training holds.
     """
 
+    online_blocker = ("it is the offline upper bound, trained on everything seen at each experience's end: "
+                      "run it on the same stream with online.mode=off")
+
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,
                  attribute_blocks: tuple[int, ...] | None = None, epochs: int = 4, batch_size: int = 32,

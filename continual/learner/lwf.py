@@ -24,6 +24,7 @@ class LwFLearner(ClassifierLearner):
     """
 
     supports_ddp = True
+    online_blocker = "its teacher is the model frozen at the previous experience's end"
 
     def __init__(self, *, n_classes: int, image_shape: tuple[int, ...],
                  memory: ClassBalancedReservoir | None = None, class_attributes: torch.Tensor | None = None,

@@ -1,15 +1,21 @@
-"""Run-folder helpers: git revision, atomic writes, an early writability check."""
+"""Run-folder helpers: git revision, atomic writes, an early writability check, a one-run-per-folder lock."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
-
+import json
 import os
+import socket
 import subprocess
 import tempfile
+import warnings
+from datetime import datetime
 from pathlib import Path
 
-__all__ = ["RunFolderError", "git_revision", "prepare_run_dir", "source_digest", "write_text_atomic"]
+__all__ = ["RunFolderError", "RunFolderLock", "git_revision", "prepare_run_dir", "source_digest",
+           "write_text_atomic"]
 
 _GIT_TIMEOUT_S = 5.0
 
@@ -107,3 +113,86 @@ def prepare_run_dir(path: str | Path) -> Path:
             "choose another run folder or fix the permissions of this one"
         ) from exc
     return path.resolve()
+
+
+class RunFolderLock:
+    """One live run per run folder: an exclusive ``flock`` on ``<run_dir>/.lock``.
+
+    ``acquire()`` raises ``RunFolderError`` naming the folder and the holder (pid, host, start time)
+    when another live process holds it; ``release()`` (a no-op when not held) removes the file.
+    Use as ``with RunFolderLock(run_dir): ...``.
+
+    The kernel drops an ``flock`` when its holder dies, however it dies: a run killed with SIGKILL
+    (or by the OOM killer, or a node reboot) leaves a ``.lock`` file but no lock, so running the same
+    command again resumes instead of being refused. ``flock`` is unreliable on some network file
+    systems (older NFS, some FUSE/CIFS mounts): there two hosts may both get the lock. Where
+    ``flock`` is not supported at all, a warning says so and the run goes on unlocked.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and record this process in the file; ``RunFolderError`` when it is held."""
+        if self._fd is not None:
+            return
+        while True:
+            # No O_TRUNC: a refused process must leave the holder's pid, host and start time intact.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    warnings.warn(f"cannot lock run folder {self.run_dir} ({err.strerror or err}); running "
+                                  f"without a lock: do not start a second run in this folder",
+                                  RuntimeWarning, stacklevel=2)
+                    return
+                raise RunFolderError(
+                    f"run folder {self.run_dir} is in use by another run ({holder}); nothing was changed "
+                    f"in it. Wait for that run to finish, or choose another run folder (hydra.run.dir=...)"
+                ) from None
+            # A releasing holder unlinks the file before it unlocks, so the inode we locked may no
+            # longer be the one the path names: then our lock guards nothing; open the path again.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (record + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the file and drop the lock; a no-op when this object does not hold it."""
+        if self._fd is None:
+            return
+        # Unlink while still holding the lock (see ``acquire``), so a finished folder keeps no .lock.
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunFolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """The holder a lock file names, for the refusal message."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder has not written it yet
+        return "its pid, host and start time are not written yet"

@@ -32,6 +32,7 @@ _log = logging.getLogger(__name__)
 
 _MODES = ("online", "offline", "disabled")
 STEP_METRIC = "experience"
+SAMPLES_METRIC = "samples"  # the x-axis of the anytime curves: stream samples presented so far
 
 
 def resolve_mode(mode: str) -> str:
@@ -194,6 +195,9 @@ class WandbLogger:
         self.record_file: Path | None = Path(sync_file) if sync_file else None
 
         run.define_metric(STEP_METRIC)
+        run.define_metric(SAMPLES_METRIC)
+        # Anytime accuracy is plotted against stream samples; everything else per experience.
+        run.define_metric("anytime/*", step_metric=SAMPLES_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC)
 
     def _try_online(self, init_kwargs: dict[str, Any], init_timeout: float) -> Any:
@@ -235,6 +239,11 @@ class WandbLogger:
                 row[key] = value
         row[STEP_METRIC] = int(experience)
         self._run.log(row)
+
+    def log_anytime(self, point: Mapping[str, Any]) -> None:
+        """Log one point of the anytime-accuracy curve (``continual.metrics.anytime``) on the samples axis."""
+        row = {f"anytime/{k}": point[k] for k in ("accuracy", "zero_shot", "n_met") if point.get(k) is not None}
+        self._run.log({**row, SAMPLES_METRIC: int(point["samples"])})
 
     def log_accuracy_matrix(
         self, R: list[list[float | None]], heatmap_png: str | Path | None = None

@@ -63,6 +63,29 @@ class LogitReservoir(ClassBalancedReservoir):
         old_widths = self.n_logits[source.clamp(max=self.capacity - 1)]
         self.n_logits[: self.size] = torch.where(is_new, logits.shape[1], old_widths)
 
+    def offer(self, x: torch.Tensor, y: torch.Tensor, y_host: torch.Tensor, codes: torch.Tensor | None = None,
+              logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Offer a mini-batch as it arrives (online) with its ``(B, n_seen)`` logits (required):
+        ``ClassBalancedReservoir.offer``, then the kept rows' logits in one indexed write (no sync)."""
+        if self.capacity == 0:
+            return None
+        if logits is None:
+            raise ValueError("LogitReservoir.offer needs the offered examples' logits")
+        n = len(y)
+        if codes is None:
+            codes = torch.zeros((n, self.n_attributes), dtype=torch.long, device=y.device)
+        # The provenance column only matters inside ``update``, which rewrites it; online it stays 0.
+        codes = torch.cat([codes, codes.new_zeros(n, 1)], dim=1)
+        written = super().offer(x, y, y_host, codes)
+        if written is None:
+            return None
+        dst, src = written
+        padded = torch.zeros((n, self.logits.shape[1]), dtype=torch.float32, device=self.device)
+        padded[:, : logits.shape[1]] = logits.float().to(self.device)  # (B, n_classes)
+        self.logits[dst] = padded[src]
+        self.n_logits[dst] = logits.shape[1]
+        return written
+
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` examples drawn uniformly with replacement, on the device (no sync).
 

@@ -1,13 +1,23 @@
 """A class-balanced reservoir of uint8 images, labels and attribute codes, resident on a device.
 
-The memory is filled at experience boundaries rather than per batch: for each class it keeps a
-uniform random subset of every example of that class seen so far, which is the distribution a
-per-sample reservoir produces, without per-step host-side bookkeeping in the hot loop.
-Classes share the capacity equally (water-filling: a class with fewer examples than its share
-gives the rest to the others), so class sizes differ by at most one.
+Two ways to fill it:
+
+- ``update`` (experience streams) at experience boundaries: for each class it keeps a uniform random
+  subset of every example of that class seen so far, which is the distribution a per-sample
+  reservoir produces, without per-step host-side bookkeeping in the hot loop. Classes share the
+  capacity equally (water-filling: a class with fewer examples than its share gives the rest to the
+  others), so class sizes differ by at most one.
+- ``offer`` (online streams) with every mini-batch as it arrives: class-balancing reservoir sampling
+  (CBRS, Chrysakis & Moens, ICML 2020), decided on the host from labels the data source already has
+  there, then one indexed write per tensor on the device: no host-device sync per step.
+
+A host mirror of the stored labels (``y_host``, plus per-class slot lists derived from it) is what
+``offer`` decides from and what ``class_counts`` reads, so neither reads the device.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import torch
 
@@ -43,7 +53,11 @@ def balanced_quotas(available: dict[int, int], capacity: int) -> dict[int, int]:
 
 
 class ClassBalancedReservoir:
-    """Fixed-capacity replay memory; ``capacity=0`` disables replay."""
+    """Fixed-capacity replay memory; ``capacity=0`` disables replay.
+
+    Every tensor attribute is a per-slot array of ``capacity`` rows, of which the first ``size`` are
+    filled (``continual.memory.budget`` counts the memory's bytes from that convention).
+    """
 
     def __init__(self, capacity: int, image_shape: tuple[int, ...], n_attributes: int = 0,
                  device: torch.device | str = "cpu", seed: int = 0) -> None:
@@ -54,18 +68,142 @@ class ClassBalancedReservoir:
         self.x = torch.zeros((capacity, *image_shape), dtype=torch.uint8, device=self.device)
         self.y = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.codes = torch.zeros((capacity, n_attributes), dtype=torch.long, device=self.device)
+        self.y_host = torch.zeros(capacity, dtype=torch.long)  # (capacity,) mirror of ``y`` on the host
         self.size = 0
         self.seen: dict[int, int] = {}  # examples of each class offered so far
+        # CBRS's "full" classes: those that have been among the largest since the memory filled up.
+        self.full_classes: set[int] = set()
         self._update_gen = torch.Generator().manual_seed(seed)
         self._sample_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self._index_host()
 
     def __len__(self) -> int:
         return self.size
 
     def class_counts(self) -> dict[int, int]:
-        """Examples held per class."""
-        labels, counts = torch.unique(self.y[: self.size], return_counts=True)
-        return dict(zip(labels.tolist(), counts.tolist()))
+        """Examples held per class, by label (from the host mirror: no device read)."""
+        return {c: len(self._slots[c]) for c in sorted(self._slots)}
+
+    # -- the host mirror --------------------------------------------------------------------------
+    # ``_slots[c]``: the sorted slots holding class c; ``_by_count[n]``: the sorted classes holding n >= 1
+    # examples; ``_largest``: the largest n. All three follow from ``y_host[:size]`` alone (sorted, not
+    # in insertion order), so a memory restored from a checkpoint decides exactly as the original.
+
+    def _index_host(self) -> None:
+        """Rebuild the per-class slot lists from ``y_host[:size]`` (after ``update`` or a load)."""
+        self._slots: dict[int, list[int]] = {}
+        for slot, c in enumerate(self.y_host[: self.size].tolist()):
+            self._slots.setdefault(c, []).append(slot)
+        self._by_count: dict[int, list[int]] = {}
+        for c in sorted(self._slots):
+            self._by_count.setdefault(len(self._slots[c]), []).append(c)
+        self._largest = max(self._by_count, default=0)
+
+    def _recount(self, c: int, old: int, new: int) -> None:
+        """Class ``c`` now holds ``new`` examples instead of ``old``."""
+        if old > 0:
+            classes = self._by_count[old]
+            del classes[bisect.bisect_left(classes, c)]
+            if not classes:
+                del self._by_count[old]
+        if new > 0:
+            bisect.insort(self._by_count.setdefault(new, []), c)
+
+    def _give(self, c: int, slot: int) -> None:
+        slots = self._slots.setdefault(c, [])
+        bisect.insort(slots, slot)
+        self._recount(c, len(slots) - 1, len(slots))
+
+    def _take(self, c: int, position: int) -> int:
+        """Remove the ``position``-th slot of class ``c`` from its list; returns the slot."""
+        slots = self._slots[c]
+        slot = slots.pop(position)
+        self._recount(c, len(slots) + 1, len(slots))
+        if not slots:
+            del self._slots[c]
+        return slot
+
+    def _mark_full(self) -> None:
+        """After a change of counts in a full memory: the classes now largest are full (CBRS)."""
+        if self._largest not in self._by_count:  # the largest class gave a slot away: max fell by one
+            self._largest -= 1
+        self.full_classes.update(self._by_count.get(self._largest, ()))
+
+    def _place(self, c: int, u_keep: float, u_pick: float) -> int | None:
+        """CBRS for one example of class ``c``: the slot it is written to, or None when dropped.
+
+        ``u_keep``, ``u_pick``: two uniform draws in [0, 1) from the host generator.
+        """
+        self.seen[c] = self.seen.get(c, 0) + 1
+        if self.size < self.capacity:  # not full yet: store
+            slot = self.size
+            self.size += 1
+            self._give(c, slot)
+            self._largest = max(self._largest, len(self._slots[c]))
+            if self.size == self.capacity:
+                self.full_classes = set(self._by_count[self._largest])
+            return slot
+        if c not in self.full_classes:
+            # Replace a uniformly chosen example of the largest classes (all hold ``_largest``). A class
+            # that is not full holds fewer than ``_largest``, so it never replaces one of its own.
+            tied, m = self._by_count[self._largest], self._largest
+            k = min(int(u_pick * len(tied) * m), len(tied) * m - 1)
+            slot = self._take(tied[k // m], k % m)
+            self._give(c, slot)
+            self._mark_full()
+            return slot
+        held = len(self._slots.get(c, ()))
+        if u_keep * self.seen[c] < held:  # with probability held / seen: a reservoir within the class
+            return self._slots[c][min(int(u_pick * held), held - 1)]
+        return None
+
+    # -- filling ----------------------------------------------------------------------------------
+
+    def offer(self, x: torch.Tensor, y: torch.Tensor, y_host: torch.Tensor,
+              codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Offer a mini-batch as it arrives (online streams): class-balancing reservoir sampling.
+
+        ``x`` (B, C, H, W) uint8 and ``y`` (B,) long on the device, ``y_host`` (B,) the same labels on
+        the CPU, ``codes`` (B, A) or None. Once full, an example of a class that is not *full* (has not
+        been among the largest classes since the memory filled up) replaces a random example of the
+        largest classes; an example of a full class replaces a random example of its own class with
+        probability stored / seen of that class, else it is dropped (Chrysakis & Moens 2020, Alg. 1).
+        So a class that ever lost or dropped an example holds at least ``max class size - 1``, and
+        within a class the examples kept are a uniform sample of those seen while it was full.
+
+        Decisions come from ``y_host``, the host mirror and the host generator; the device gets one
+        indexed write per tensor (no read of ``self.y``, no sync). Two examples of the batch that
+        land in one slot: the later one wins, as in the sequential algorithm. Returns the written
+        ``(slots, batch rows)`` as device index tensors (for subclasses storing more per slot), or None.
+        """
+        if self.capacity == 0:
+            return None
+        if y_host.device.type != "cpu":
+            raise ValueError(f"offer needs the labels on the host (y_host), got a tensor on {y_host.device}")
+        if len(y_host) != len(y):
+            raise ValueError(f"offer got {len(y)} labels on the device but {len(y_host)} on the host")
+        labels = y_host.tolist()
+        draws = torch.rand((len(labels), 2), generator=self._update_gen).tolist()  # (B, 2) host draws
+        writes: dict[int, int] = {}  # slot -> batch row; a later row overwrites an earlier one
+        for i, (c, (u_keep, u_pick)) in enumerate(zip(labels, draws)):
+            slot = self._place(c, u_keep, u_pick)
+            if slot is not None:
+                writes[slot] = i
+        if not writes:
+            return None
+        index = torch.tensor([list(writes), list(writes.values())])  # (2, W) slots, batch rows
+        self.y_host[index[0]] = y_host[index[1]]
+        if self.device.type == "cuda":  # pinned, so the copy is queued on the stream, not waited for
+            index = index.pin_memory()
+        index = index.to(self.device, non_blocking=True)
+        dst, src = index[0], index[1]
+        self.x[dst] = x[src].to(self.device)
+        self.y[dst] = y[src].to(self.device)
+        if codes is not None:
+            self.codes[dst] = codes[src].to(self.device)
+        else:
+            self.codes[dst] = 0
+        return dst, src
 
     def update(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None = None) -> None:
         """Offer a whole experience's examples; called once per experience, outside the hot loop."""
@@ -102,6 +240,13 @@ class ClassBalancedReservoir:
         cs = torch.cat([self.codes[old_sel], codes[new_sel].to(self.device)])
         self.size = len(ys)
         self.x[: self.size], self.y[: self.size], self.codes[: self.size] = xs, ys, cs
+        self.y_host[: self.size] = ys.cpu()  # once per experience: a sync is fine here
+        self._after_bulk_write()
+
+    def _after_bulk_write(self) -> None:
+        """Re-index the mirror after ``update`` or a load; the largest classes of a full memory are full."""
+        self._index_host()
+        self.full_classes = set(self._by_count[self._largest]) if 0 < self.capacity == self.size else set()
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` examples drawn uniformly with replacement; indices are drawn on the device (no sync)."""
@@ -113,6 +258,7 @@ class ClassBalancedReservoir:
         return {
             "x": self.x[: self.size].clone(), "y": self.y[: self.size].clone(),
             "codes": self.codes[: self.size].clone(), "seen": dict(self.seen),
+            "y_host": self.y_host[: self.size].clone(), "full_classes": sorted(self.full_classes),
             "update_gen": self._update_gen.get_state(), "sample_gen": self._sample_gen.get_state(),
         }
 
@@ -122,6 +268,11 @@ class ClassBalancedReservoir:
             raise ValueError(f"memory state holds {n} examples but memory.size is {self.capacity}")
         self.size = n
         self.x[:n], self.y[:n], self.codes[:n] = state["x"], state["y"], state["codes"]
+        # Checkpoints from before the mirror existed: rebuild it from the labels (a read, once).
+        self.y_host[:n] = state["y_host"] if "y_host" in state else state["y"].cpu()
         self.seen = {int(k): int(v) for k, v in state["seen"].items()}
+        self._after_bulk_write()
+        if "full_classes" in state:
+            self.full_classes = {int(c) for c in state["full_classes"]}
         self._update_gen.set_state(state["update_gen"])
         self._sample_gen.set_state(state["sample_gen"])

@@ -249,7 +249,10 @@ class ReportCard:
     one_shot_new_alphabets: dict | None = None
     # New categories met one at a time after the stream: {"10": acc, "50": acc, "all": acc, "n_all": N, "curve"}
     one_at_a_time: dict | None = None
+    # Anytime accuracy (continual.metrics.anytime): {"A_AUC", "A_last", "F_last", "curve": [{"samples", ...}]}
+    anytime: dict | None = None
     timing: dict | None = None  # {"wall_s", "train_samples_per_s", "eval_share" (fraction)}
+    memory_bytes: dict | None = None  # {part: bytes} the learner held at the end (continual.memory.budget)
     extra: dict = field(default_factory=dict)  # later metrics, by name
 
     @classmethod
@@ -305,6 +308,14 @@ def _pts(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return _MISSING
     return f"{100 * x:+.1f} pts"
+
+
+def _size(n: int) -> str:
+    """Bytes in decimal units: ``320`` -> ``"320 B"``, ``1280`` -> ``"1.3 kB"``, ``1536000`` -> ``"1.5 MB"``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _elide(n: int, keep: int) -> list[int | None]:
@@ -480,6 +491,11 @@ def format_report(card: ReportCard) -> str:
         points = "  ".join(f"after {k} {_pct(v)}" for k, v in meet.items() if k.isdigit())
         row("met one at a time", f"{points}  after all {meet.get('n_all', '?')} {_pct(meet['all'])}")
 
+    at = card.anytime
+    if at and at.get("A_AUC") is not None:
+        row("anytime accuracy", f"A_AUC {_pct(at['A_AUC'])}  A_last {_pct(at['A_last'])}  "
+            f"F_last {_pts(at.get('F_last'))}  ({len(at.get('curve') or [])} points)")
+
     tm = card.timing or {}
     parts = []
     if tm.get("wall_s") is not None:
@@ -489,6 +505,16 @@ def format_report(card: ReportCard) -> str:
     if tm.get("eval_share") is not None:
         parts.append(f"eval {_pct(tm['eval_share'])} of wall time")
     row("timing", ", ".join(parts) if parts else _MISSING)
+    if card.memory_bytes is not None:
+        held = sorted(((b, p) for p, b in card.memory_bytes.items() if b), reverse=True)
+        text, shown = _size(sum(b for b, _ in held)), []
+        for i, (b, p) in enumerate(held):  # the largest parts, as many as fit on the line (all in JSON)
+            more = ", ..." if i + 1 < len(held) else ""
+            if 28 + len(f"{text}  ({', '.join([*shown, f'{p} {_size(b)}'])}{more})") > REPORT_WIDTH:
+                shown.append("...")
+                break
+            shown.append(f"{p} {_size(b)}")
+        row("memory held", text + (f"  ({', '.join(shown)})" if shown else ""))
 
     for name, value in (card.extra or {}).items():
         row(str(name), _generic(value))

@@ -11,14 +11,15 @@ No torch import: reading a thousand report cards takes well under a second.
 """
 
 from continual.results.aggregate import (
-    DEFAULT_METRICS, LEARNING_SPEED_KS, METRICS, Cell, GroupSummary, Metric, accuracy_curve, aggregate, get_metric,
+    DEFAULT_METRICS, LEARNING_SPEED_KS, METRICS, Cell, GroupSummary, Metric, accuracy_curve, aggregate, anytime_curve, get_metric,
     learning_speed_curve, metric_value, summarize, warnings_for,
 )
 from continual.results.collect import (
     IGNORED_KEYS, Collection, Group, Run, Unfinished, collect_runs, find_run_dirs, flatten, format_value, group_runs,
     load_run, varying_keys,
 )
-from continual.results.figures import display_label, plot_accuracy_curves, plot_bars, plot_learning_speed, save_figure
+from continual.results.figures import (display_label, plot_accuracy_curves, plot_anytime_curves, plot_bars,
+                                      plot_learning_speed, save_figure)
 from continual.results.one_look import (
     MECHANISM_SWITCHES, MECHANISMS, ONE_LOOK_KINDS, OneLookKind, OneLookStudy, mechanism_of, one_look_study,
 )
@@ -33,11 +34,11 @@ from continual.results.tables import (
 __all__ = [
     "DEFAULT_METRICS", "DEFAULT_SCALING_METRICS", "IGNORED_KEYS", "LEARNING_SPEED_KS", "MECHANISMS",
     "MECHANISM_SWITCHES", "METRICS", "ONE_LOOK_KINDS", "Cell", "Collection", "Group", "GroupSummary", "LogFit",
-    "Metric", "OneLookKind", "OneLookStudy", "Run", "ScalingResult", "SegmentFit", "Unfinished", "accuracy_curve",
+    "Metric", "OneLookKind", "OneLookStudy", "Run", "ScalingResult", "SegmentFit", "Unfinished", "accuracy_curve", "anytime_curve",
     "aggregate", "check_scaling_sweep", "collect_runs", "csv_text", "display_label", "find_run_dirs",
     "fit_log_linear", "fit_two_segment", "flatten", "format_cell", "format_value", "get_metric", "group_runs",
     "latex_escape", "latex_table", "learning_speed_curve", "load_run", "markdown_table", "mechanism_of",
-    "metric_value", "one_look_study", "plot_accuracy_curves", "plot_bars", "plot_learning_speed", "plot_scaling",
+    "metric_value", "one_look_study", "plot_accuracy_curves", "plot_anytime_curves", "plot_bars", "plot_learning_speed", "plot_scaling",
     "read_csv", "save_figure", "scaling_latex_table", "scaling_markdown", "scaling_study", "scaling_to_dict",
     "summarize", "varying_keys", "warnings_for", "write_tables",
 ]

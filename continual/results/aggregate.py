@@ -21,6 +21,7 @@ from continual.results.collect import Group, Run
 
 __all__ = [
     "DEFAULT_METRICS", "LEARNING_SPEED_KS", "METRICS", "Cell", "GroupSummary", "Metric", "accuracy_curve", "aggregate",
+    "anytime_curve",
     "get_metric", "learning_speed_curve", "metric_value", "summarize", "warnings_for",
 ]
 
@@ -48,7 +49,7 @@ class Metric:
     @property
     def scale(self) -> float:
         """Factor from the report's units to the displayed ones."""
-        return 1.0 if self.unit in ("s", "ratio") else 100.0
+        return {"s": 1.0, "ratio": 1.0, "MB": 1e-6}.get(self.unit, 100.0)  # MB: from bytes
 
 
 _M = Metric
@@ -85,12 +86,18 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("meet_10", "met one at a time, after 10 (%)", "10", "one_at_a_time.10"),
     _M("meet_50", "met one at a time, after 50 (%)", "50", "one_at_a_time.50"),
     _M("meet_all", "met one at a time, after all (%)", "all", "one_at_a_time.all"),
+    # Online streams: anytime accuracy (Koh et al. 2022), and what the learner keeps between steps.
+    _M("A_AUC", "anytime A_AUC (%)", r"$A_\mathrm{AUC}$", "anytime.A_AUC"),
+    _M("A_last", "anytime A_last (%)", r"$A_\mathrm{last}$", "anytime.A_last"),
+    _M("F_last", "anytime F_last (pts)", r"$F_\mathrm{last}$", "anytime.F_last", "pts", False),
+    _M("memory_mb", "memory held (MB)", "memory (MB)", "memory_bytes.+", "MB", None, 2),  # +: the parts' sum
 ]}
 # The table columns when none are asked for: the report card's metrics of every stream, without the
 # learning-speed points (the area stands for them) and the metrics null on the default stream (the
 # long-tail split, never-trained alphabets).
 _NOT_DEFAULT = {"long_tail_tail", "long_tail_head", "long_tail_medium", "tail_head", "lake_error", "meet_10",
-                "meet_50", "meet_all", "speed_k0", "speed_k1", "speed_k5", "speed_k10"}
+                "meet_50", "meet_all", "speed_k0", "speed_k1", "speed_k5", "speed_k10", "A_AUC", "A_last", "F_last",
+                "memory_mb"}
 DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in _NOT_DEFAULT)
 
 
@@ -120,6 +127,10 @@ def _path_value(report: Mapping[str, Any], path: str) -> float | None:
     for part in path.split("."):
         if not isinstance(node, Mapping):
             return None
+        if part == "+":  # the sum of a node's numbers (memory_bytes: bytes by part)
+            values = [v for v in node.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            node = sum(values) if values else None
+            continue
         if "*" in part:
             part = next((k for k in node if fnmatch.fnmatchcase(str(k), part)), None)
             if part is None:
@@ -237,3 +248,21 @@ def learning_speed_curve(group: Group, ks: Sequence[int] = LEARNING_SPEED_KS
     mean = np.array([np.nan if c.mean is None else c.mean for c in cells])
     std = np.array([np.nan if c.std is None else c.std for c in cells])
     return mean, std, np.array([c.n for c in cells])
+
+
+def anytime_curve(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples seen, and the mean and sample std over runs of the anytime accuracy at each point
+    (``report.json`` ``anytime.curve``, fractions). Seeds of one config share their schedule, so the
+    points line up; a run with fewer points counts only where it has them (NaN where no run has a value)."""
+    curves = [((r.report.get("anytime") or {}).get("curve") or []) for r in group.runs]
+    samples = sorted({p["samples"] for c in curves for p in c})
+    M = np.full((len(curves), len(samples)), np.nan)
+    at = {s: j for j, s in enumerate(samples)}
+    for i, c in enumerate(curves):
+        for p in c:
+            if p.get("accuracy") is not None:
+                M[i, at[p["samples"]]] = p["accuracy"]
+    count = (~np.isnan(M)).sum(axis=0)
+    mean = np.array([np.nanmean(M[:, t]) if count[t] else np.nan for t in range(len(samples))])
+    std = np.array([np.nanstd(M[:, t], ddof=1) if count[t] >= 2 else np.nan for t in range(len(samples))])
+    return np.array(samples, dtype=float), mean, std

@@ -16,11 +16,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from continual.results.aggregate import (
-    LEARNING_SPEED_KS, GroupSummary, accuracy_curve, get_metric, learning_speed_curve, metric_value, summarize,
+    LEARNING_SPEED_KS, GroupSummary, accuracy_curve, anytime_curve, get_metric, learning_speed_curve, metric_value,
+    summarize,
 )
 from continual.results.collect import Group, format_value
 
-__all__ = ["display_label", "new_figure", "plot_accuracy_curves", "plot_bars", "plot_learning_speed", "save_figure"]
+__all__ = ["display_label", "new_figure", "plot_accuracy_curves", "plot_anytime_curves", "plot_bars",
+           "plot_learning_speed", "save_figure"]
 
 FORMATS = ("pdf", "png")
 _DPI = 150  # PNG resolution: legible when opened at 100%, small enough to commit
@@ -111,6 +113,27 @@ def plot_accuracy_curves(summaries: Sequence[GroupSummary], stem: str | Path, ti
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title or "accuracy over the stream (mean ± std over seeds)", fontsize=10)
+    _legend(ax, outside)
+    fig.tight_layout()
+    return save_figure(fig, stem, formats)
+
+
+def plot_anytime_curves(summaries: Sequence[GroupSummary], stem: str | Path, title: str = "",
+                        names: Mapping[str, str] | None = None, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Anytime accuracy against stream samples (online streams): mean line and ±std band per group."""
+    outside = len(summaries) > 4
+    labels = [f"{display_label(s.group, names)} (n={s.n_runs})" for s in summaries]
+    fig = new_figure(6.4 + (0.065 * max(map(len, labels), default=0) if outside else 0.0), 4.0)
+    ax = fig.add_subplot()
+    for s, label, color in zip(summaries, labels, _colors(len(summaries))):
+        x, mean, std = anytime_curve(s.group)
+        if x.size:
+            _line_with_band(ax, x, mean, std, color, label)
+    ax.set_xlabel("stream samples seen")
+    ax.set_ylabel("accuracy on the categories met so far (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "anytime accuracy (mean ± std over seeds)", fontsize=10)
     _legend(ax, outside)
     fig.tight_layout()
     return save_figure(fig, stem, formats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from continual.registry import Registry
+from continual.stream.online import OnlineSettings, online_order
 from continual.stream.stream import Stream
 
 BENCHMARKS: Registry[Stream] = Registry("benchmark")
@@ -69,4 +70,4 @@ def build_stream(cfg: dict) -> Stream:
     return BENCHMARKS.build(cfg.pop("name"), **cfg)
 
 
-__all__ = ["BENCHMARKS", "Stream", "build_stream"]
+__all__ = ["BENCHMARKS", "OnlineSettings", "Stream", "build_stream", "online_order"]

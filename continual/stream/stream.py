@@ -105,6 +105,40 @@ class Stream:
             return self.train_codes[indices]
         return self.class_codes[self.train_y[indices]]
 
+    def relabel(self, order: list[int]) -> "Stream":
+        """A new stream in which old trained label ``order[i]`` is label ``i``.
+
+        Held-out labels are unchanged (they come after the trained ones); images, ``train_codes``
+        (per image) and ``novel`` are shared, not copied. ``experiences`` keep their grouping under
+        the new labels; fine-grained pairs are renamed and stay sorted within and across pairs.
+        """
+        trained = sorted(c for e in self.experiences for c in e)
+        if sorted(order) != trained or trained != list(range(len(trained))):
+            raise ValueError(f"order must be a permutation of the trained labels 0..{len(trained) - 1}, "
+                             f"got {order}")
+        old_of_new = list(order) + list(range(len(order), self.n_classes))  # held-out: identity
+        new_of_old = [0] * self.n_classes
+        for new, old in enumerate(old_of_new):
+            new_of_old[old] = new
+        lookup = torch.tensor(new_of_old, dtype=torch.long)  # (C,) old label -> new label
+
+        def remap(y: torch.Tensor) -> torch.Tensor:
+            return lookup.to(y.device)[y]
+
+        pairs = sorted(tuple(sorted((new_of_old[a], new_of_old[b]))) for a, b in self.fine_grained_pairs)
+        codes = self.class_codes
+        return replace(
+            self,
+            train_y=remap(self.train_y),
+            test_y=remap(self.test_y),
+            experiences=[[new_of_old[c] for c in e] for e in self.experiences],
+            heldout=[new_of_old[c] for c in self.heldout],
+            class_names=[self.class_names[c] for c in old_of_new],
+            train_counts=[self.train_counts[c] for c in order],
+            class_codes=None if codes is None else codes[torch.tensor(old_of_new, device=codes.device)],
+            fine_grained_pairs=pairs,
+        )
+
     def to(self, device: torch.device | str) -> "Stream":
         """Move the image and label tensors (and codes, and novel images) to ``device``; returns self."""
         for name in ("train_x", "train_y", "test_x", "test_y", "class_codes", "train_codes"):
