@@ -18,7 +18,7 @@ TOP_LEVEL: dict[str, Any] = {
     "seed": int, "device": str, "progress": bool, "threads": int,
     "train": {"epochs": int, "batch_size": int, "min_steps": int, "checkpoint_every": int},
     "online": {"mode": str, "disjoint_share": float, "blurry_share": float, "n_segments": int | None, "updates": int},
-    "eval": {"batch_size": int, "every": int | str, "learning_speed": bool, "anytime": {"every": int, "per_category": int},
+    "eval": {"batch_size": int, "every": int | str, "subsample": int, "learning_speed": bool, "anytime": {"every": int | str},
              "few_shot": {"n_way": int, "shots": list, "n_query": int, "episodes": int, "every_experience": bool},
              "new_domain": {"one_shot_trials": int, "one_shot_way": int, "one_at_a_time": bool,
                             "train_per_category": int, "test_per_category": int, "step_images": int,
@@ -119,7 +119,7 @@ def validate_config(cfg: dict) -> None:
         if hasattr(factory, "check_config"):
             factory.check_config(**{k: v for k, v in section.items() if k != "name"})
     minimum = {"train.epochs": 1, "train.batch_size": 2, "train.min_steps": 0, "train.checkpoint_every": 0,
-               "eval.batch_size": 1, "eval.anytime.every": 0, "eval.anytime.per_category": 1,
+               "eval.batch_size": 1, "eval.subsample": 0,
                "online.updates": 1,
                "threads": 0}
     for key, low in minimum.items():
@@ -131,9 +131,11 @@ def validate_config(cfg: dict) -> None:
             raise ConfigError(f"config key {key} is missing")
         if section[name] < low:
             raise ConfigError(f"config key {key} must be >= {low}, got {section[name]}")
-    every = cfg["eval"].get("every", "auto")
-    if every != "auto" and (isinstance(every, str) or every < 1):
-        raise ConfigError(f"config key eval.every must be an int >= 1 (experiences) or 'auto', got {every!r}")
+    for key, low in (("every", 1), ("anytime.every", 0)):
+        section = cfg["eval"] if key == "every" else cfg["eval"].get("anytime", {})
+        value = section.get(key.rsplit(".", 1)[-1], "auto")
+        if value != "auto" and (isinstance(value, str) or value < low):
+            raise ConfigError(f"config key eval.{key} must be an int >= {low} or 'auto', got {value!r}")
     from continual.memory.budget import check_memory_config
 
     check_memory_config(cfg.get("memory"))  # memory.size (images) or memory.budget (bytes), not both

@@ -31,7 +31,7 @@ from continual.learner import LEARNERS, Learner
 from continual.logging.run_folder import (RunFolderError, RunFolderLock, git_revision, prepare_run_dir,
                                          source_digest, write_text_atomic)
 from continual.loop import run_stream
-from continual.metrics.anytime import AnytimeProbe
+from continual.metrics.anytime import AnytimeProbe, eval_subset
 from continual.memory import ClassBalancedReservoir
 from continual.memory.budget import capacity_for_budget, memory_bytes
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
@@ -103,6 +103,20 @@ def eval_every(value: int | str, n_experiences: int) -> int:
         return max(1, -(-n_experiences // FULL_EVALUATIONS))
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"eval.every must be an int >= 1 (experiences) or 'auto', got {value!r}")
+    return value
+
+
+ANYTIME_POINTS = 20  # eval.anytime.every=auto on an online stream: about this many points over the stream
+
+
+def anytime_every(value: int | str, source) -> int:
+    """``eval.anytime.every``: samples between anytime points (0: none). ``auto``: about 20 points over an
+    online stream, none on an experience stream (its accuracy matrix is its curve; ask for points with
+    a number)."""
+    if value == "auto":
+        return 0 if source.told else max(1, -(-source.n_samples() // ANYTIME_POINTS))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"eval.anytime.every must be an int >= 0 (samples; 0 = off) or 'auto', got {value!r}")
     return value
 
 
@@ -256,11 +270,13 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
         loggers.append(WandbLogger(cfg, run_dir, run_id=checkpointer.wandb_run_id, **wandb_cfg))
         checkpointer.wandb_run_id = loggers[0].run_id
     try:
-        ev_cfg, anytime_cfg = cfg["eval"], cfg["eval"]["anytime"]
-        anytime = AnytimeProbe(stream, every=int(anytime_cfg["every"]), per_category=int(anytime_cfg["per_category"]),
-                               seed=seed, batch_size=int(ev_cfg["batch_size"])) if anytime_cfg["every"] else None
+        ev_cfg = cfg["eval"]
+        subset = eval_subset(stream.test_y, int(ev_cfg["subsample"]), seed)
+        every = anytime_every(ev_cfg["anytime"]["every"], source)
+        anytime = AnytimeProbe(stream, every=every, subset=subset, batch_size=int(ev_cfg["batch_size"])) if every else None
         card = run_stream(learner, stream, source, seed=seed, eval_batch_size=int(ev_cfg["batch_size"]),
-                          eval_every=eval_every(ev_cfg["every"], stream.n_experiences), anytime=anytime,
+                          eval_every=eval_every(ev_cfg["every"], stream.n_experiences), eval_subset=subset,
+                          anytime=anytime,
                           checkpoint_every=int(cfg["train"]["checkpoint_every"]), loggers=tuple(loggers),
                           checkpointer=checkpointer, learning_speed=bool(ev_cfg.get("learning_speed", True)),
                           few_shot=ev_cfg.get("few_shot"), new_domain=ev_cfg.get("new_domain"),

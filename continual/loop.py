@@ -131,124 +131,169 @@ def _timed(events: Iterator[Event], state: LoopState) -> Iterator[Event]:
         yield event
 
 
+class _Run:
+    """What ``run_stream`` does around training, one method per kind of event: resume or start,
+    learning curves, anytime points, rows of the accuracy matrix, checkpoints, the report card."""
+
+    def __init__(self, learner: Learner, stream, source, *, seed: int, eval_batch_size: int, eval_every: int,
+                 eval_subset: torch.Tensor | None, anytime: AnytimeProbe | None, checkpoint_every: int,
+                 loggers: tuple[ExperienceLogger, ...], checkpointer: Checkpointer | None, learning_speed: bool,
+                 few_shot: dict | None, new_domain: dict | None, print_fn, dist: DistContext) -> None:
+        if eval_every < 1:
+            raise ValueError(f"eval.every must be >= 1 (experiences), got {eval_every}")
+        if checkpoint_every < 0:
+            raise ValueError(f"train.checkpoint_every must be >= 0 (steps; 0 = at experience ends), got {checkpoint_every}")
+        check_new_domain(new_domain, getattr(stream, "novel", None))  # before hours of training, not after
+        self.learner, self.stream, self.source, self.seed, self.dist = learner, stream, source, seed, dist
+        self.batch_size, self.every, self.subset, self.anytime = eval_batch_size, eval_every, eval_subset, anytime
+        self.checkpoint_every, self.loggers, self.checkpointer = checkpoint_every, loggers, checkpointer
+        self.few_shot, self.new_domain, self.print = few_shot, new_domain, print_fn
+        self.curve_on = learning_speed and source.told  # online streams have no experience to time k examples in
+        self.result: ev.EvalPass | None = None  # the last evaluation of the test set
+        T = stream.n_experiences
+        if checkpointer is not None and checkpointer.exists():
+            self.state = checkpointer.restore(checkpointer.read(), learner)
+            self.train = TrainProgress(**self.state.progress)
+            print_fn(f"resuming from {checkpointer.path} at step {self.train.steps} "
+                     f"(experience {self.train.experience + 1}/{T})")
+        else:
+            self.state, self.train = LoopState(T), TrainProgress()
+            # b_j for forward transfer: the untrained learner under the zero-shot protocol.
+            self.state.baseline = ev.fwt_baseline(self.evaluate(ev.evaluate_pass, learner, stream, 0, eval_batch_size,
+                                                                eval_subset), stream)
+
+    def evaluate(self, fn, *args):
+        """``fn(*args)`` on a settled model, its time counted as evaluation, not training."""
+        _settle(self.learner, self.dist)
+        t = time.perf_counter()
+        out = fn(*args)
+        self.state.eval_s += time.perf_counter() - t
+        return out
+
+    def save(self) -> None:
+        if self.checkpointer is not None:
+            self.state.progress = self.train.state()
+            self.checkpointer.save(self.learner, self.state)
+
+    def _new_category_accuracy(self, experience: int) -> float:
+        return self.evaluate(ev.new_category_accuracy, self.learner, self.stream, self.stream.experiences[experience],
+                             self.batch_size)
+
+    def epoch(self, event: Epoch) -> None:
+        """The learning curve of the new categories is sampled after k examples of each (first epoch)."""
+        if not self.curve_on:
+            return
+        state = self.state
+        state.milestones = ev.milestone_steps(event.host_batches, event.host_labels) if event.epoch == 0 else {}
+        state.curve = {} if event.epoch == 0 else state.curve
+        if 0 in state.milestones:  # k = 0: the classifier as started from the description alone
+            state.curve["0"] = self._new_category_accuracy(event.experience)
+
+    def batch(self, event: Batch) -> None:
+        """Learning-curve samples and anytime points due after this batch; a checkpoint when due."""
+        for k in [k for k, at in self.state.milestones.items() if at == event.step and k > 0]:
+            self.state.curve[str(k)] = self._new_category_accuracy(self.train.experience)
+        if self.anytime is not None and self.anytime.due(event.samples - len(event.y_host), event.samples):
+            point = self.evaluate(self.anytime.measure, self.learner, self.train.met, self.train.arrived)
+            self.state.anytime.append(point)
+            for logger in self.loggers:
+                logger.log_anytime(point)
+        if self.checkpoint_every and self.train.steps % self.checkpoint_every < self.source.updates:
+            self.save()
+
+    def end(self, event: End) -> None:
+        """An experience (segment) is over: a row of the accuracy matrix when one is due, the logs, a checkpoint."""
+        e, T, state, stream, dist = event.experience, self.stream.n_experiences, self.state, self.stream, self.dist
+        zs = fs = None
+        evaluated = (e + 1) % self.every == 0 or e == T - 1
+        if evaluated:
+            n_seen = sum(len(c) for c in stream.experiences[: e + 1])
+            self.result = self.evaluate(ev.evaluate_pass, self.learner, stream, n_seen, self.batch_size,
+                                        None if e == T - 1 else self.subset)
+            state.R[e] = ev.accuracy_row(self.result, stream, e)
+            zs = ev.zero_shot_accuracy(self.result, stream)
+            if self.few_shot and self.few_shot.get("every_experience"):
+                fs = ev.few_shot(self.result, stream, self.few_shot, self.seed)
+        metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1) if evaluated else None,
+                   "loss": float(dist.mean(self.train.loss_sum)) / max(self.train.exp_steps, 1),
+                   "zero_shot": zs["accuracy"] if zs else None,
+                   "memory_size": sum(dist.gather(len(getattr(self.learner, "memory", ())))),  # all processes
+                   **{f"few_shot/{name}": r["accuracy"] for name, r in (fs or {}).items()}}
+        state.history.append(metrics)
+        if state.curve:
+            state.learning_curves.append(state.curve)
+        state.curve, state.milestones = {}, {}
+        for logger in self.loggers:
+            logger.log_experience(e, {**metrics, "accuracy_row": state.R[e]})
+        state.next_experience = e + 1
+        self.save()
+        self.print(format_experience_line(e, state.R, {k: v for k, v in metrics.items() if v is not None}))
+
+    def report(self) -> ReportCard:
+        """The report card: every end-of-stream metric on the whole test set, anytime summary, timing."""
+        learner, stream, state, seed = self.learner, self.stream, self.state, self.seed
+        n_all = sum(len(c) for c in stream.experiences)
+        result = self.result
+        if result is None or result.n_seen != n_all or len(result.y) != len(stream.test_y):
+            # Resumed after the last evaluation: it is deterministic, redo it.
+            result = self.evaluate(ev.evaluate_pass, learner, stream, n_all, self.batch_size)
+        if self.anytime is not None:  # the curve's last point, on the full test set (in place of one due there)
+            last = self.evaluate(self.anytime.measure, learner, self.train.met, self.train.arrived, True)
+            if state.anytime and state.anytime[-1]["samples"] == last["samples"]:
+                state.anytime.pop()
+            state.anytime.append(last)
+        t_eval = time.perf_counter()
+        card = ReportCard.from_matrix(
+            state.R, state.baseline,
+            zero_shot=ev.zero_shot_accuracy(result, stream),
+            gzsl=ev.generalised_zero_shot(result, stream),
+            attribute_accuracy=ev.attribute_accuracy(result, stream),
+            fine_grained=ev.fine_grained_accuracy(result, stream),
+            long_tail=ev.long_tail(result, stream),
+            learning_speed=ev.learning_speed_summary(state.learning_curves),
+            few_shot=ev.few_shot(result, stream, self.few_shot, seed),
+            **new_domain_protocols(learner, stream, self.new_domain, seed, self.batch_size),
+        )
+        if self.anytime is not None:
+            card.anytime = {**anytime_summary(state.anytime), "every": self.anytime.every}
+        state.eval_s += time.perf_counter() - t_eval
+        samples = sum(self.dist.gather(self.train.samples))  # by all processes together
+        card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": samples,
+                       "train_samples_per_s": samples / state.train_s if state.train_s > 0 else None,
+                       "eval_share": state.eval_s / (state.train_s + state.eval_s)}
+        return card
+
+
 def run_stream(learner: Learner, stream, source, *, seed: int, eval_batch_size: int = 512, eval_every: int = 1,
-               anytime: AnytimeProbe | None = None, checkpoint_every: int = 0,
+               eval_subset: torch.Tensor | None = None, anytime: AnytimeProbe | None = None, checkpoint_every: int = 0,
                loggers: tuple[ExperienceLogger, ...] = (), checkpointer: Checkpointer | None = None,
                learning_speed: bool = True, few_shot: dict | None = None, new_domain: dict | None = None,
                progress: bool = True, print_fn=print, dist: DistContext = SINGLE) -> ReportCard:
     """Train ``learner`` on ``source`` (an experience or online stream over ``stream``) and return the report card.
 
-    After every ``eval_every``-th experience (online: hidden segment) and the last, the whole test set
-    gives a row of the accuracy matrix; ``anytime`` scores a fixed subsample every so many samples.
+    After every ``eval_every``-th experience (online: hidden segment) and the last, the test images of
+    ``eval_subset`` (host indices; None: all of them) give a row of the accuracy matrix, the last row
+    the whole test set; ``anytime`` scores a fixed subsample every so many samples.
     With a ``checkpointer`` the state is saved every ``checkpoint_every`` steps (0: at experience ends
     only) and at every experience's end, and a run that finds a checkpoint continues from it, giving the
     numbers an uninterrupted run would have given. ``new_domain`` (the ``eval.new_domain`` settings)
     runs the protocols of ``continual.metrics.novel`` at the end when the stream has a never-trained
     domain (``stream.novel``).
     """
-    if eval_every < 1:
-        raise ValueError(f"eval.every must be >= 1 (experiences), got {eval_every}")
-    if checkpoint_every < 0:
-        raise ValueError(f"train.checkpoint_every must be >= 0 (steps; 0 = at experience ends), got {checkpoint_every}")
-    check_new_domain(new_domain, getattr(stream, "novel", None))  # before hours of training, not after
-    T = stream.n_experiences
-    train = TrainProgress()
-    if checkpointer is not None and checkpointer.exists():
-        state = checkpointer.restore(checkpointer.read(), learner)
-        train = TrainProgress(**state.progress)
-        print_fn(f"resuming from {checkpointer.path} at step {train.steps} (experience {train.experience + 1}/{T})")
-    else:
-        state = LoopState(T)
-        # b_j for forward transfer: the untrained learner under the zero-shot protocol.
-        t_eval = time.perf_counter()
-        state.baseline = ev.fwt_baseline(ev.evaluate_pass(learner, stream, 0, eval_batch_size), stream)
-        state.eval_s += time.perf_counter() - t_eval
-    curve_on = learning_speed and source.told  # online streams have no experience to time k examples in
-
-    def evaluate(fn, *args):  # evaluation time is not training time
-        _settle(learner, dist)
-        t = time.perf_counter()
-        out = fn(*args)
-        state.eval_s += time.perf_counter() - t
-        return out
-
-    def save() -> None:
-        state.progress = train.state()
-        checkpointer.save(learner, state)
-
-    bar = tqdm(total=source.n_steps(), initial=train.steps, desc="training", unit="step",
+    run = _Run(learner, stream, source, seed=seed, eval_batch_size=eval_batch_size, eval_every=eval_every,
+               eval_subset=eval_subset, anytime=anytime, checkpoint_every=checkpoint_every, loggers=loggers,
+               checkpointer=checkpointer, learning_speed=learning_speed, few_shot=few_shot, new_domain=new_domain,
+               print_fn=print_fn, dist=dist)
+    bar = tqdm(total=source.n_steps(), initial=run.train.steps, desc="training", unit="step",
                disable=not progress, leave=False)
-    result = None
-    for event in _timed(train_on(source, learner, train, dist), state):
-        if isinstance(event, Epoch) and curve_on:
-            # The learning curve of the new categories: sampled after k examples of each (first epoch).
-            state.milestones = ev.milestone_steps(event.host_batches, event.host_labels) if event.epoch == 0 else {}
-            state.curve = {} if event.epoch == 0 else state.curve
-            if 0 in state.milestones:  # k = 0: the classifier as started from the description alone
-                state.curve["0"] = evaluate(ev.new_category_accuracy, learner, stream,
-                                            stream.experiences[event.experience], eval_batch_size)
+    for event in _timed(train_on(source, learner, run.train, dist), run.state):
+        if isinstance(event, Epoch):
+            run.epoch(event)
         elif isinstance(event, Batch):
             bar.update(source.updates)
-            for k in [k for k, at in state.milestones.items() if at == event.step and k > 0]:
-                state.curve[str(k)] = evaluate(ev.new_category_accuracy, learner, stream,
-                                               stream.experiences[train.experience], eval_batch_size)
-            if anytime is not None and anytime.due(event.samples - len(event.y_host), event.samples):
-                point = evaluate(anytime.measure, learner, train.met, train.arrived)
-                state.anytime.append(point)
-                for logger in loggers:
-                    logger.log_anytime(point)
-            if checkpointer is not None and checkpoint_every and train.steps % checkpoint_every < source.updates:
-                save()
+            run.batch(event)
         elif isinstance(event, End):
-            e = event.experience
-            zs = fs = None
-            evaluated = (e + 1) % eval_every == 0 or e == T - 1
-            if evaluated:
-                n_seen = sum(len(c) for c in stream.experiences[: e + 1])
-                result = evaluate(ev.evaluate_pass, learner, stream, n_seen, eval_batch_size)
-                state.R[e] = ev.accuracy_row(result, stream, e)
-                zs = ev.zero_shot_accuracy(result, stream)
-                fs = ev.few_shot(result, stream, few_shot, seed) if few_shot and few_shot.get("every_experience") else None
-            metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1) if evaluated else None,
-                       "loss": float(dist.mean(train.loss_sum)) / max(train.exp_steps, 1),
-                       "zero_shot": zs["accuracy"] if zs else None,
-                       "memory_size": sum(dist.gather(len(getattr(learner, "memory", ())))),  # all processes
-                       **{f"few_shot/{name}": r["accuracy"] for name, r in (fs or {}).items()}}
-            state.history.append(metrics)
-            if state.curve:
-                state.learning_curves.append(state.curve)
-            state.curve, state.milestones = {}, {}
-            for logger in loggers:
-                logger.log_experience(e, {**metrics, "accuracy_row": state.R[e]})
-            state.next_experience = e + 1
-            if checkpointer is not None:
-                save()
             bar.clear()
-            print_fn(format_experience_line(e, state.R, {k: v for k, v in metrics.items() if v is not None}))
+            run.end(event)
     bar.close()
-
-    n_all = sum(len(c) for c in stream.experiences)
-    if result is None or result.n_seen != n_all:  # resumed after the last evaluation: it is deterministic, redo it
-        result = evaluate(ev.evaluate_pass, learner, stream, n_all, eval_batch_size)
-    if anytime is not None:  # the curve's last point, on the full test set
-        state.anytime.append(evaluate(anytime.measure, learner, train.met, train.arrived, True))
-    t_eval = time.perf_counter()
-    card = ReportCard.from_matrix(
-        state.R, state.baseline,
-        zero_shot=ev.zero_shot_accuracy(result, stream),
-        gzsl=ev.generalised_zero_shot(result, stream),
-        attribute_accuracy=ev.attribute_accuracy(result, stream),
-        fine_grained=ev.fine_grained_accuracy(result, stream),
-        long_tail=ev.long_tail(result, stream),
-        learning_speed=ev.learning_speed_summary(state.learning_curves),
-        few_shot=ev.few_shot(result, stream, few_shot, seed),
-        **new_domain_protocols(learner, stream, new_domain, seed, eval_batch_size),
-    )
-    if anytime is not None:
-        card.anytime = anytime_summary(state.anytime)
-    state.eval_s += time.perf_counter() - t_eval
-    samples = sum(dist.gather(train.samples))  # by all processes together
-    card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": samples,
-                   "train_samples_per_s": samples / state.train_s if state.train_s > 0 else None,
-                   "eval_share": state.eval_s / (state.train_s + state.eval_s)}
-    return card
+    return run.report()

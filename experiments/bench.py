@@ -327,6 +327,17 @@ class _AvalancheNet(nn.Module):
             return self.head(self.backbone(x)).float()
 
 
+def _avalanche_model(cfg: dict, stream: Stream, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model Avalanche trains (same backbone and initialisation seed as ours) and its optimiser."""
+    lc = cfg["learner"]
+    torch.manual_seed(cfg["seed"])
+    backbone = BACKBONES.build(lc["backbone"], in_channels=stream.image_shape[0], **lc["backbone_args"])
+    model = _AvalancheNet(backbone, stream.n_classes, bool(lc["amp"]), bool(lc["channels_last"])).to(device)
+    if lc["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    return model, make_optimizer(model.parameters(), lc["optimizer"], lc["lr"], lc["weight_decay"])
+
+
 class AvalancheReplay:
     """Avalanche's stock Replay strategy on the same stream, with the same sizes."""
 
@@ -339,12 +350,7 @@ class AvalancheReplay:
 
         self.label = "Avalanche Replay, " + ("default evaluator" if default_evaluator else "no metrics")
         lc = cfg["learner"]
-        torch.manual_seed(cfg["seed"])
-        backbone = BACKBONES.build(lc["backbone"], in_channels=stream.image_shape[0], **lc["backbone_args"])
-        self.model = _AvalancheNet(backbone, stream.n_classes, bool(lc["amp"]), bool(lc["channels_last"])).to(device)
-        if lc["channels_last"]:
-            self.model.to(memory_format=torch.channels_last)
-        opt = make_optimizer(self.model.parameters(), lc["optimizer"], lc["lr"], lc["weight_decay"])
+        self.model, opt = _avalanche_model(cfg, stream, device)
         batch, replay, mem = int(cfg["train"]["batch_size"]), int(lc["replay_batch_size"]), int(cfg["memory"]["size"])
         self.devnull = open(os.devnull, "w")  # the default evaluator's interactive logger prints progress bars
         kwargs = dict(model=self.model, optimizer=opt, criterion=nn.CrossEntropyLoss(), train_mb_size=batch,
@@ -498,12 +504,7 @@ class AvalancheOnline(AvalancheReplay):
 
         self.label = "Avalanche online replay, no metrics"
         lc = cfg["learner"]
-        torch.manual_seed(cfg["seed"])
-        backbone = BACKBONES.build(lc["backbone"], in_channels=stream.image_shape[0], **lc["backbone_args"])
-        self.model = _AvalancheNet(backbone, stream.n_classes, bool(lc["amp"]), bool(lc["channels_last"])).to(device)
-        if lc["channels_last"]:
-            self.model.to(memory_format=torch.channels_last)
-        opt = make_optimizer(self.model.parameters(), lc["optimizer"], lc["lr"], lc["weight_decay"])
+        self.model, opt = _avalanche_model(cfg, stream, device)
         self.batch_size, replay = int(cfg["train"]["batch_size"]), int(lc["replay_batch_size"])
         mem = int(cfg["memory"]["size"])
         self.devnull = open(os.devnull, "w")

@@ -2,7 +2,7 @@
 
     python experiments/paper.py --results runs/paper --out paper/generated
 
-``--results`` (default ``runs/paper``) must hold eight sweeps, one folder each:
+``--results`` (default ``runs/paper``) must hold ten sweeps, one folder each:
 
     ablation/            memory.size x learner.attribute_weight x seeds
     init_ablation/       learner.attribute_init (true, false) x seeds, attribute heads on
@@ -12,6 +12,8 @@
     one_look/            mechanism variants (configs/mechanism/, full and before among them) x seeds, world
     one_look_long_tail/  the same on a long-tailed world
     one_look_omniglot/   the same on Omniglot with whole alphabets held out, x alphabet folds
+    online/              learners x seeds on an online (i-Blurry) stream of the world, equal memory.budget
+    online_omniglot/     the same on Omniglot
 
 each produced by ``python experiments/train.py -m experiment=<name> hydra.sweep.dir=runs/paper/<name>``.
 Writes into ``--out``: ``*_table.tex`` (booktabs tabulars), figures (``.pdf`` for LaTeX, ``.png``
@@ -39,12 +41,12 @@ from continual.metrics.report import write_json_atomic  # noqa: E402
 from continual.results import (  # noqa: E402
     LEARNING_SPEED_KS, ONE_LOOK_KINDS, Cell, Collection, Group, GroupSummary, Metric, Run, aggregate, collect_runs,
     format_cell, format_value, get_metric, group_runs, latex_escape, latex_table, markdown_table, one_look_study,
-    plot_accuracy_curves, plot_bars, plot_learning_speed, plot_scaling, scaling_latex_table, scaling_study,
-    varying_keys, warnings_for,
+    plot_accuracy_curves, plot_anytime_curves, plot_bars, plot_learning_speed, plot_scaling, scaling_latex_table,
+    scaling_study, varying_keys, warnings_for,
 )
 
 SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "omniglot", "one_look", "one_look_long_tail",
-            "one_look_omniglot")
+            "one_look_omniglot", "online", "online_omniglot")
 ABLATION_KEYS = ("memory.size", "learner.attribute_weight")
 NAMES = {"memory.size": "memory", "learner.attribute_weight": "attribute weight", "learner.name": "learner"}
 ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "gzsl_auc", "attributes", "few_shot_1shot")
@@ -61,6 +63,8 @@ NUMBER_METRICS = tuple(SHORT)
 # The one-look tables' other columns, numbered in their own sections (null elsewhere).
 SHORT |= {"long_tail_head": "head", "long_tail_medium": "medium", "long_tail_tail": "tail", "tail_head": "tailhead",
           "lake_error": "lake", "meet_10": "meet10", "meet_50": "meet50", "meet_all": "meetall"}
+# The online tables' columns (anytime accuracy, memory held at the end), numbered in their own sections.
+SHORT |= {"A_AUC": "AUC", "A_last": "last", "F_last": "Flast", "memory_mb": "MB"}
 _INCLUDE = re.compile(r"\\(input|include|includegraphics)\s*(?:\[[^\]]*\])?\s*\{\s*(generated/[^}]*?)\s*\}")
 _RESULT = re.compile(r"\\Result(PM)?\s*\{([^}]*)\}")
 
@@ -430,11 +434,93 @@ def one_look_builder(section: str) -> Callable[[Collection, Path, dict, Sequence
     return build
 
 
+# The online sweeps: learners compared at equal memory in bytes on a boundary-free stream.
+ONLINE_SECTIONS = {"online": ("world", "online"), "online_omniglot": ("omniglot", "onlineomniglot")}
+ONLINE_TABLE = ("A_AUC", "A_last", "F_last", "A_T", "zero_shot", "memory_mb")
+ONLINE_COMPARED = ("child", "er")
+
+
+def _anytime_every(runs: Sequence[Run]) -> str:
+    """Samples between anytime points: the report's resolved interval where it records one, else the config's
+    (``n/a`` for ``auto`` without a recorded interval, or when runs differ)."""
+    values = {(r.report.get("anytime") or {}).get("every") or r.flat.get("eval.anytime.every") for r in runs}
+    value = values.pop() if len(values) == 1 else None
+    return format_value(value) if isinstance(value, int) and not isinstance(value, bool) else "n/a"
+
+
+def online_builder(section: str) -> Callable[[Collection, Path, dict, Sequence[str]], list[Path]]:
+    """The builder of one online sweep: one row per learner sorted by A_AUC, numbers
+    (``<prefix>/<learner>/<short>``, ``<prefix>/<short>/cmp`` child against ER, the protocol's
+    facts), and the anytime figure. A sweep that is not online, not at one ``memory.budget``, or
+    varies anything but the learner, is refused."""
+    benchmark, prefix = ONLINE_SECTIONS[section]
+
+    def build(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+        where, rerun = f"{c.roots[0]}: ", f" (`{command_for(section, c.roots[0].parent)}` runs it)"
+        wrong = [str(r.path) for r in c.runs if r.flat.get("online.mode") != "iblurry"]
+        if wrong:  # the prose states the i-Blurry protocol
+            raise PaperError(where + f"runs not on an i-Blurry online stream (online.mode != iblurry): "
+                             f"{', '.join(wrong[:5])}" + rerun)
+        budgets = sorted({format_value(r.flat.get("memory.budget")) for r in c.runs})
+        if len(budgets) > 1 or budgets == ["null"]:
+            raise PaperError(where + f"memory.budget is {', '.join(budgets)}; the learners must be compared at one "
+                             f"memory budget in bytes" + rerun)
+        wrong = [str(r.path) for r in c.runs if r.flat.get("benchmark.name") != benchmark
+                 or (r.report.get("anytime") or {}).get("A_AUC") is None]
+        if wrong:
+            raise PaperError(where + f"runs not on {benchmark} or without anytime accuracy (eval.anytime.every=0): "
+                             f"{', '.join(wrong[:5])}" + rerun)
+        groups = group_runs(c.runs, ["learner.name"])
+        others = {k for k in varying_keys(c.runs) if not k.startswith("learner.")}
+        others |= {k for g in groups for k in varying_keys(g.runs)}  # one learner in two configs
+        if others:
+            raise PaperError(where + f"besides the learner the config keys {', '.join(sorted(others))} vary; "
+                             f"the online sweep must vary only learner.name (and the seed)" + rerun)
+        by_name: dict[str, GroupSummary] = {}
+        for s in aggregate(groups, [*NUMBER_METRICS, *ONLINE_TABLE]):
+            by_name[str(s.group.settings["learner.name"])] = s
+        missing = [n for n in ONLINE_COMPARED if n not in by_name]
+        if missing:
+            raise PaperError(where + f"no run of learner {', '.join(missing)}; the online sweep must include "
+                             f"{' and '.join(ONLINE_COMPARED)}, the two the prose compares" + rerun)
+        ranked = sorted(by_name.values(), key=lambda s: (s.cells["A_AUC"].mean is None, -(s.cells["A_AUC"].mean or 0)))
+        for rank, s in enumerate(ranked, 1):
+            name = str(s.group.settings["learner.name"])
+            put_summary(nums, f"{prefix}/{name}", s)
+            nums[f"{prefix}/{name}/rank"] = str(rank)
+        table = [get_metric(k) for k in ONLINE_TABLE]
+        put_comparisons(nums, prefix, by_name["child"], by_name["er"], table)
+        best = next(s for s in ranked if s is not by_name["child"])  # the strongest other learner by A_AUC
+        nums[f"{prefix}/best/name"] = latex_escape(str(best.group.settings["learner.name"]))
+        put_summary(nums, f"{prefix}/best", best)
+        # The protocol as the runs' config states it (the checks above make it one setting for all runs).
+        cfg = c.runs[0].flat
+        budget = str(cfg["memory.budget"]) + ("B" if str(cfg["memory.budget"]).isdigit() else "")
+        ends = sorted({p["samples"] for r in c.runs for p in r.report["anytime"].get("curve", [])[-1:]})
+        nums.update({f"{prefix}/{k}": v for k, v in {
+            "N": format_value(round(100 * cfg["online.disjoint_share"])),
+            "M": format_value(round(100 * cfg["online.blurry_share"])),
+            "segments": format_value(cfg.get("online.n_segments") or cfg.get("benchmark.n_experiences")),
+            "updates": format_value(cfg.get("online.updates", 1)),
+            "budget": re.sub(r"^([\d.]+)\s*", r"\1\\,", latex_escape(budget)),  # 1.5MB -> 1.5\,MB
+            "every": _anytime_every(c.runs), "subsample": format_value(cfg.get("eval.subsample")),
+            "samples": _list(ends), "learners": str(len(by_name)), "seeds": _seeds_text(c),
+            "runs": str(len(c.runs))}.items()})
+        comment = f"{len(c.runs)} runs"
+        return [write_text_atomic(latex_table(ranked, table, NAMES, comment), out / f"{section}_table.tex"),
+                write_text_atomic(markdown_table(ranked, table, NAMES) + "\n", out / f"{section}_table.md"),
+                *plot_anytime_curves(ranked, out / f"{section}_anytime", formats=formats,
+                                     title=f"anytime accuracy on {benchmark} (mean ± std over seeds)")]
+
+    return build
+
+
 # Cheapest first: a sweep of the wrong kind fails before any figure is drawn for the others.
 BUILDERS: dict[str, Callable[[Collection, Path, dict, Sequence[str]], list[Path]]] = {
     "omniglot": omniglot, "one_look_omniglot": one_look_builder("one_look_omniglot"),
     "one_look_long_tail": one_look_builder("one_look_long_tail"), "init_ablation": init_ablation,
-    "ablation": ablation, "baselines": baselines, "scaling": scaling, "one_look": one_look_builder("one_look")}
+    "online_omniglot": online_builder("online_omniglot"), "online": online_builder("online"), "ablation": ablation,
+    "baselines": baselines, "scaling": scaling, "one_look": one_look_builder("one_look")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +632,7 @@ def _git(run: Run) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the eight sweeps")
+    parser.add_argument("--results", type=Path, default=ROOT / "runs" / "paper", help="folder of the ten sweeps")
     parser.add_argument("--out", type=Path, default=ROOT / "paper" / "generated")
     parser.add_argument("--tex", type=Path, default=ROOT / "paper" / "main.tex", help="the paper to check against")
     args = parser.parse_args(argv)

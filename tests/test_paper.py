@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from continual.metrics.report import write_json_atomic
 from continual.results import Run, collect_runs
 from tests.conftest import ROOT, SHARED
-from tests.test_results import fake_one_look, fake_paper_results, fake_sweep, load_script, variant_of
+from tests.test_results import fake_one_look, fake_sweep, load_script, variant_of
+from tests.test_results import fake_paper_results as fake_offline_results
 
 paper = load_script("paper")
 MAIN_TEX = ROOT / "paper" / "main.tex"
@@ -24,6 +26,46 @@ _DEF = re.compile(r"\\DefResult\{([^}]*)\}\{(.*)\}$")
 
 def _numbers(path: Path) -> dict[str, str]:
     return {m.group(1): m.group(2) for line in path.read_text().splitlines() if (m := _DEF.match(line))}
+
+
+# Known A_AUC per learner and seed index; ER above the child on purpose: the prose's words must follow.
+ONLINE_AUC = {"er": (0.50, 0.54, 0.52), "child": (0.40, 0.46, 0.43), "derpp": (0.30, 0.36, 0.33)}
+ONLINE_BYTES = {"er": {"images": 1_400_000, "labels": 8_000}, "derpp": {"images": 1_300_000, "logits": 150_000},
+                "child": {"images": 1_350_000, "attribute_codes": 60_000, "binding": 32_000}}
+ONLINE_KIND = {"world": {}, "omniglot": {"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}}
+
+
+def fake_online(root: Path, kind: str, seeds, rng: np.random.Generator, learners=("child", "er", "derpp"),
+                change: dict | None = None) -> list[Path]:
+    """An online sweep (``configs/experiment/online*.yaml``, small): learners x seeds on an i-Blurry stream at one
+    ``memory.budget``, reports with an anytime curve of mean ``ONLINE_AUC`` (points every 200 samples, the last at
+    1000) and ``memory_bytes`` by part (``ONLINE_BYTES``, plus 2000 bytes per seed index). ``change``: per learner,
+    dotted overrides of its config (a sweep of the wrong kind)."""
+    base = {**ONLINE_KIND[kind], "online__mode": "iblurry", "online__disjoint_share": 0.5,
+            "online__blurry_share": 0.1, "online__updates": 1, "memory__size": None, "memory__budget": "1.5MB",
+            "eval__anytime__every": 200, "eval__subsample": 2000}
+    cells = [{**base, "learner__name": n, **(change or {}).get(n, {})} for n in learners]
+    paths = fake_sweep(root, cells, seeds, rng, {"n_way": 20} if kind == "omniglot" else None)
+    for p in paths:
+        cfg, report = (json.loads((p / f).read_text()) for f in ("config.json", "report.json"))
+        name, i = cfg["learner"]["name"], list(seeds).index(cfg["seed"])
+        auc = ONLINE_AUC.get(name, (0.2, 0.2, 0.2))[i]
+        accuracy = [auc + d for d in (0.1, 0.05, 0.0, -0.05, -0.1)]  # mean auc, last auc - 0.1
+        report["anytime"] = {"A_AUC": float(np.mean(accuracy)), "A_last": accuracy[-1], "F_last": 0.1 + 0.01 * i,
+                             "curve": [{"samples": 200 * (k + 1), "n_met": 4 + k, "accuracy": a, "zero_shot": None}
+                                       for k, a in enumerate(accuracy)]}
+        report["memory_bytes"] = {**ONLINE_BYTES.get(name, {"images": 1_000_000}), "label_counts": 2000 * i}
+        write_json_atomic(report, p / "report.json")
+    return paths
+
+
+def fake_paper_results(results: Path, rng: np.random.Generator, seeds=(0, 1)) -> Path:
+    """Every sweep ``experiments/paper.py`` reads, small: ``tests/test_results.py``'s eight, and the online
+    sweeps on the world (child, ER, DER++) and on Omniglot (child, ER)."""
+    fake_offline_results(results, rng, seeds)
+    fake_online(results / "online", "world", seeds, rng)
+    fake_online(results / "online_omniglot", "omniglot", seeds, rng, learners=("child", "er"))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +83,10 @@ def test_generator_produces_everything_main_tex_uses(generated):
     files, keys = paper.tex_requirements(MAIN_TEX.read_text())
     # main.tex really uses the generated tree: tables, figures and numbers (guards against a parser that finds nothing).
     assert {"generated/numbers.tex", "generated/ablation_table.tex", "generated/baselines_table.tex",
-            "generated/init_table.tex", "generated/scaling.pdf", "generated/accuracy_curves.pdf"} <= files
-    assert {"child/AT/pm", "scaling/AT/b", "setup/experiences", "init/on/k0/pm", "init/AT/cmp", "runs/devices"} <= keys
+            "generated/init_table.tex", "generated/scaling.pdf", "generated/accuracy_curves.pdf",
+            "generated/online_table.tex", "generated/online_omniglot_table.tex", "generated/online_anytime.pdf"} <= files
+    assert {"child/AT/pm", "scaling/AT/b", "setup/experiences", "init/on/k0/pm", "init/AT/cmp", "runs/devices",
+            "online/child/AUC/pm", "online/AUC/cmp", "online/N", "onlineomniglot/AUC/cmp"} <= keys
     for f in files:
         assert (out / f.split("/", 1)[1]).is_file(), f
     numbers = _numbers(out / "numbers.tex")
@@ -62,8 +106,9 @@ def test_generator_produces_everything_main_tex_uses(generated):
                                        "baselines: 6 runs, device cuda; scaling: 8 runs, device auto; "
                                        r"omniglot: 2 runs, device auto; one\_look: 6 runs, device auto; "
                                        r"one\_look\_long\_tail: 4 runs, device auto; "
-                                       r"one\_look\_omniglot: 12 runs, device auto")  # folders without a machine name
-    assert numbers["runs/total"] == "50"
+                                       r"one\_look\_omniglot: 12 runs, device auto; online: 6 runs, device auto; "
+                                       r"online\_omniglot: 4 runs, device auto")  # folders without a machine name
+    assert numbers["runs/total"] == "60"
 
 
 def test_init_ablation_table_and_numbers(generated):
@@ -232,6 +277,101 @@ def test_one_look_sweeps_of_the_wrong_kind_are_refused(tmp_path, sweep, change, 
     assert f"experiment={sweep} hydra.sweep.dir=" in str(err.value)
 
 
+# ----------------------------------------------------------------------------------------------
+# online, blurry, anytime: the table and numbers from runs of known values
+# ----------------------------------------------------------------------------------------------
+
+
+def _table_rows(path: Path) -> list[list[str]]:
+    return [line.removesuffix(r" \\").split(" & ") for line in path.read_text().splitlines()
+            if " & " in line and not line.startswith("learner")]
+
+
+def check_online(results: Path, out: Path, sweep: str, prefix: str) -> list[str]:
+    """Every row of an online table, and its numbers, equal the mean ± std recomputed from the runs' report.json
+    files, rows sorted by A_AUC; memory held is the sum of memory_bytes' parts in MB. Returns the row order."""
+    numbers = _numbers(out / "numbers.tex")
+    runs = collect_runs(results / sweep).runs
+    names = sorted({r.config["learner"]["name"] for r in runs})
+    rows = {row[0]: row for row in _table_rows(out / f"{sweep}_table.tex")}
+    assert set(rows) == {n.replace("_", r"\_") for n in names}
+    columns = [("AUC", "anytime.A_AUC", "pct"), ("last", "anytime.A_last", "pct"), ("Flast", "anytime.F_last", "pct"),
+               ("AT", "average_accuracy", "pct"), ("ZS", "zero_shot.accuracy", "pct")]
+    for name in names:
+        mine = [r for r in runs if r.config["learner"]["name"] == name]
+        row = rows[name.replace("_", r"\_")]
+        assert row[1] == str(len(mine)) and len(row) == 2 + len(columns) + 1
+        for (short, path, unit), cell in zip(columns, row[2:]):
+            want, mean, std = _expected([_report_value(r.report, path) for r in mine], unit)
+            assert cell == want and numbers[f"{prefix}/{name}/{short}"] == mean, (sweep, name, short)
+            assert numbers[f"{prefix}/{name}/{short}/std"] == std, (sweep, name, short)
+        held = [sum(r.report["memory_bytes"].values()) / 1e6 for r in mine]
+        assert numbers[f"{prefix}/{name}/MB"] == f"{np.mean(held):.2f}"
+        assert row[-1] == (f"${np.mean(held):.2f}$" if len(held) == 1 else
+                           f"${np.mean(held):.2f} \\pm {np.std(held, ddof=1):.2f}$")
+    order = [row[0] for row in _table_rows(out / f"{sweep}_table.tex")]
+    aucs = [float(numbers[f"{prefix}/{n.replace(chr(92), '')}/AUC"]) for n in order]
+    assert aucs == sorted(aucs, reverse=True)
+    for short in ("AUC", "last", "Flast"):  # the prose's comparison of the child with ER follows the printed means
+        a, b = (float(numbers[f"{prefix}/{n}/{short}"]) for n in ("child", "er"))
+        words = "higher than" if a > b else "lower than" if a < b else "the same as"
+        assert numbers[f"{prefix}/{short}/cmp"] == words
+        assert numbers[f"{prefix}/{short}/diff"] == f"{abs(a - b):.1f}"
+    assert numbers[f"{prefix}/runs"] == str(len(runs)) and numbers[f"{prefix}/learners"] == str(len(names))
+    assert numbers[f"{prefix}/seeds"] == str(len({r.seed for r in runs}))
+    assert {f"{sweep}_anytime.pdf", f"{sweep}_anytime.png", f"{sweep}_table.md"} <= {p.name for p in out.iterdir()}
+    return order
+
+
+def test_online_table_and_numbers(generated):
+    results, out, _ = generated
+    assert check_online(results, out, "online", "online") == ["er", "child", "derpp"]  # by A_AUC
+    assert check_online(results, out, "online_omniglot", "onlineomniglot") == ["er", "child"]
+    numbers = _numbers(out / "numbers.tex")
+    # The fakes' known values: the child's A_AUC is the mean over its two seeds of 40% and 46%.
+    assert numbers["online/child/AUC"] == "43.0" and numbers["online/er/AUC"] == "52.0"
+    assert numbers["online/child/last"] == "33.0" and numbers["online/child/rank"] == "2"
+    assert numbers["online/AUC/cmp"] == "lower than" and numbers["online/AUC/diff"] == "9.0"
+    assert numbers["online/best/name"] == "er" and numbers["online/best/AUC"] == "52.0"
+    assert numbers["online/child/MB"] == f"{(1_350_000 + 60_000 + 32_000 + 1000) / 1e6:.2f}" == "1.44"
+    assert numbers["online/MB/cmp"] == "higher than"  # the child keeps codes and binding sums besides images
+    assert numbers["online/N"] == "50" and numbers["online/M"] == "10" and numbers["online/budget"] == r"1.5\,MB"
+    assert numbers["online/every"] == "200" and numbers["online/subsample"] == "2000"
+    assert numbers["online/samples"] == "1000" and numbers["online/segments"] == "3"
+    assert numbers["online/updates"] == "1" and numbers["online/learners"] == "3"
+    assert "| er | 2 | 52.0 ± 2.8 |" in (out / "online_table.md").read_text()
+
+
+@pytest.mark.parametrize("learners, change, match", [
+    (("child", "er"), {"er": {"online__mode": "off"}}, r"not on an i-Blurry online stream \(online.mode != iblurry\)"),
+    (("child", "er"), {"er": {"memory__budget": "1MB"}}, "memory.budget is 1.5MB, 1MB; the learners must be compared"),
+    (("child", "er"), {"er": {"train__batch_size": 64}}, "besides the learner the config keys train.batch_size vary"),
+    (("child", "derpp"), {}, "no run of learner er; the online sweep must include child and er"),
+])
+def test_online_sweeps_of_the_wrong_kind_are_refused(tmp_path, learners, change, match):
+    rng = np.random.default_rng(5)
+    results = fake_paper_results(tmp_path / "results", rng, seeds=(0,))
+    shutil.rmtree(results / "online")
+    fake_online(results / "online", "world", (0, 1), rng, learners, change)
+    with pytest.raises(paper.PaperError, match=match) as err:
+        paper.generate(results, tmp_path / "out", None)
+    assert "experiment=online hydra.sweep.dir=" in str(err.value)
+
+
+def test_online_section_types_no_number_but_the_literature():
+    """The online subsection takes every number from a macro; the only typed ones are Koh et al.'s, cited."""
+    tex = paper._strip_comments(MAIN_TEX.read_text())
+    start = tex.index(r"\subsection{Online, blurry and anytime}")
+    prose = tex[start:tex.index(r"\section{", start)]
+    anchors = ["i-Blurry-50-10", "CIFAR-100", "2{,}000", "46.7\\%", "35.6\\%", "35.4\\%", "32.8\\%"]
+    assert all(a in prose for a in anchors) and r"\cite{koh2022}" in prose
+    for a in anchors:
+        prose = prose.replace(a, "")
+    prose = re.sub(r"\\(Result(PM)?|cite|ref|label|input|includegraphics)(\[[^]]*\])?\{[^}]*\}", "", prose)
+    prose = re.sub(r"\$[^$]*\$", "", prose)
+    assert not re.search(r"\d", prose), re.findall(r".{30}\d.{30}", prose)
+
+
 def test_devices_names_the_machine_or_else_the_setting(tmp_path):
     def run(device, machine=None):
         folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
@@ -354,8 +494,8 @@ HAS_OMNIGLOT = all((OMNIGLOT_DATA / f"images_background_small{i}.zip").is_file()
 def real_tiny(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
     """The paper's own experiment configs, shrunk and run for real through Hydra's parallel launcher (one
     command per sweep, as `make paper-results` does), then the generator. The Omniglot stream of the paper
-    is faked; the one-look Omniglot sweep runs for real when ../shared holds the archives, else it is faked
-    too (its own test is then skipped)."""
+    is faked; the one-look and online Omniglot sweeps run for real when ../shared holds the archives, else
+    they are faked too (their own tests are then skipped)."""
     import os
     import sys
 
@@ -378,9 +518,16 @@ def real_tiny(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
         # Zipf counts 12, 6, then 5 each; without the experiment's 100 steps per experience (the balanced world's).
         "one_look_long_tail": [*tiny, "train.min_steps=0", "mechanism=full,before", "seed=0,1"],
     }
+    # Online: one pass, i-Blurry, a budget that holds about a third of the tiny world's images.
+    sweeps["online"] = [*tiny, "memory.budget=100KB", "eval.anytime.every=24", "learner=child,er", "seed=0"]
     if HAS_OMNIGLOT:  # two held-out alphabet folds pooled in one row per variant
         sweeps["one_look_omniglot"] = [*tiny_omniglot, "mechanism=full,before", "benchmark.alphabet_fold=0,1",
                                        "seed=0"]
+        sweeps["online_omniglot"] = ["benchmark.n_experiences=2", "online.updates=1", "learner.backbone_args.width=8",
+                                     "learner.backbone_args.embed_dim=16", "eval.few_shot.episodes=20",
+                                     "eval.anytime.every=400", f"benchmark.data_root={OMNIGLOT_DATA}",
+                                     f"benchmark.cache_dir={tmp_path / 'cache'}", "hydra.launcher.n_jobs=2",
+                                     "learner=child,er", "seed=0"]
     results = tmp_path / "results"
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     for name, grid in sweeps.items():
@@ -388,12 +535,14 @@ def real_tiny(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
                f"hydra.sweep.dir={results / name}"]
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
-        assert len(collect_runs(results / name).runs) == {"ablation": 8, "baselines": 6}.get(name, 4), name
+        assert len(collect_runs(results / name).runs) == {"ablation": 8, "baselines": 6, "online": 2,
+                                                          "online_omniglot": 2}.get(name, 4), name
     rng = np.random.default_rng(0)
     fake_sweep(results / "omniglot", [{"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}],
                (0, 1), rng, {"n_way": 20})
     if not HAS_OMNIGLOT:
         fake_one_look(results / "one_look_omniglot", "omniglot", ["full", "before"], (0,), rng)
+        fake_online(results / "online_omniglot", "omniglot", (0,), rng, learners=("child", "er"))
     written = paper.generate(results, tmp_path / "generated", MAIN_TEX)  # raises if main.tex asks for more
     return results, tmp_path / "generated", written
 
@@ -422,6 +571,22 @@ def test_one_look_tables_from_real_tiny_sweeps(real_tiny):
         assert lt["thresholds"]["head_min_count"] > lt["thresholds"]["tail_max_count"]
     assert numbers["onelook/longtail/exponent"] == "1" and numbers["onelook/longtail/nmax"] == "12"
     assert numbers["onelook/world/k1/cmp"] in ("higher than", "lower than", "the same as")
+
+
+def test_online_table_from_real_tiny_sweeps(real_tiny):
+    """Real online runs (i-Blurry, one pass, 100 KB for every learner): the tables and numbers equal what their
+    report.json files say; memory held is the sum of memory_bytes' parts, within the budget."""
+    results, out, _ = real_tiny
+    assert sorted(check_online(results, out, "online", "online")) == ["child", "er"]
+    numbers = _numbers(out / "numbers.tex")
+    for r in collect_runs(results / "online").runs:
+        assert r.config["online"]["mode"] == "iblurry" and r.report["anytime"]["curve"]
+        assert sum(r.report["memory_bytes"].values()) <= 100_000
+    assert numbers["online/budget"] == r"100\,KB" and numbers["online/every"] == "24"
+    assert numbers["online/samples"] == "72" and numbers["online/N"] == "50" and numbers["online/M"] == "10"
+    if HAS_OMNIGLOT:
+        assert sorted(check_online(results, out, "online_omniglot", "onlineomniglot")) == ["child", "er"]
+        assert numbers["onlineomniglot/budget"] == r"1\,MB"
 
 
 @pytest.mark.skipif(not HAS_OMNIGLOT, reason=f"Omniglot archives not found in {OMNIGLOT_DATA} (../shared)")

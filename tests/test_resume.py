@@ -76,28 +76,37 @@ def _cli(run_dir, extra=(), **popen):
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+def _mid_experience(ckpt) -> bool:
+    try:
+        return torch.load(ckpt, weights_only=True)["loop"]["progress"]["exp_steps"] > 0
+    except Exception:  # noqa: BLE001 - not there yet (the rename is atomic, so never half a file)
+        return False
+
+
 def test_sigkill_mid_experience_then_resume_gives_identical_report(tmp_path, world_cache):
-    whole = _cli(tmp_path / "whole", cache=world_cache)
+    every = ["train.checkpoint_every=7"]  # a step count that falls inside experiences
+    whole = _cli(tmp_path / "whole", every, cache=world_cache)
     out, err = whole.communicate(timeout=300)
     assert whole.returncode == 0, err[-2000:]
 
-    victim = _cli(tmp_path / "cut", cache=world_cache)
+    victim = _cli(tmp_path / "cut", every, cache=world_cache)
     ckpt = tmp_path / "cut" / "checkpoint.pt"
     deadline = time.time() + 240
-    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+    while not _mid_experience(ckpt) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert victim.poll() is None, "the run ended before it could be killed"
-    time.sleep(0.3)  # into the second experience
+    time.sleep(0.1 + 0.4 * torch.rand(()).item())  # a few steps past that checkpoint, at no chosen step
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     assert not (tmp_path / "cut" / "report.json").exists()
-    assert torch.load(ckpt, weights_only=True)["loop"]["next_experience"] < 3  # killed before the end
+    loop = torch.load(ckpt, weights_only=True)["loop"]
+    assert loop["next_experience"] < 3  # killed before the end
 
-    again = _cli(tmp_path / "cut", cache=world_cache)
+    again = _cli(tmp_path / "cut", every, cache=world_cache)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-2000:]
-    assert "resuming from" in out
+    assert f"resuming from {ckpt} at step {loop['progress']['steps']}" in out
     a = json.loads((tmp_path / "whole" / "report.json").read_text())
     b = json.loads((tmp_path / "cut" / "report.json").read_text())
     assert _numbers(a) == _numbers(b)

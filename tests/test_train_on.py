@@ -12,7 +12,7 @@ from continual.experiment import build_learner, run_experiment, seed_everything
 from continual.learner import LEARNERS
 from continual.loop import TrainProgress, train_on
 from continual.memory import ClassBalancedReservoir
-from continual.metrics.anytime import anytime_summary, stratified_subsample
+from continual.metrics.anytime import anytime_summary, eval_subset, stratified_subsample
 from continual.stream import build_stream
 from continual.stream.source import Batch, Begin, End, ExperienceSource, OnlineSource, build_source
 from tests.conftest import TINY, compose_config
@@ -172,6 +172,29 @@ def test_stratified_subsample_is_fixed_and_balanced():
     counts = torch.bincount(y[a])
     assert counts.tolist() == [10, 5, 10]
     assert not torch.equal(a, stratified_subsample(y, 10, seed=4))
+
+
+def test_eval_subset_is_the_whole_test_set_unless_it_is_larger_than_the_cap():
+    y = torch.arange(50).repeat_interleave(30)  # 1500 test images, as the default world
+    assert eval_subset(y, 2000, seed=0) is None and eval_subset(y, 0, seed=0) is None
+    sub = eval_subset(y, 500, seed=0)
+    assert torch.bincount(y[sub]).tolist() == [10] * 50  # stratified: 500 // 50 per category
+    with pytest.raises(ValueError, match="eval.subsample"):
+        eval_subset(y, -1, seed=0)
+
+
+def test_a_long_stream_evaluates_rows_on_the_subsample_and_the_last_on_everything(tmp_path, world_cache):
+    cfg = compose_config([*TINY, "eval.subsample=40", "eval.every=1", "eval.anytime.every=48"], world_cache)
+    card = run_experiment(cfg, tmp_path / "r", print_fn=lambda _: None).to_dict()
+    whole = run_experiment(compose_config([*TINY, "eval.every=1", "eval.anytime.every=48"], world_cache),
+                           tmp_path / "whole", print_fn=lambda _: None).to_dict()
+    # Same training; the last row and the end-of-run metrics come from the whole test set in both.
+    assert card["accuracy_matrix"][-1] == whole["accuracy_matrix"][-1]
+    assert card["zero_shot"] == whole["zero_shot"] and card["anytime"]["A_last"] == whole["anytime"]["A_last"]
+    # Earlier rows from 2 images per category (40 // 20 categories): estimates of the same cells.
+    assert card["accuracy_matrix"][0] != whole["accuracy_matrix"][0]
+    # Experience 1's cell: the mean over its 4 categories of accuracies over 2 images each, so k/8.
+    assert abs(card["accuracy_matrix"][0][0] * 8 - round(card["accuracy_matrix"][0][0] * 8)) < 1e-9
 
 
 def test_anytime_summary_follows_the_field_guide():

@@ -3,15 +3,16 @@
 Every ``every`` samples the learner is scored on the categories it has met so far, choosing among
 them (and, where the stream has descriptions, zero-shot on the trained categories it has not met yet,
 choosing among those and the held-out ones). So that the cost of the whole curve grows with the
-stream's length and not with its square, each point scores a fixed stratified subsample of the test
-data, drawn once from the seed (``per_category`` images of every category); the final point scores
-the full test set.
+stream's length and not with its square, each point scores the same fixed stratified subsample of the
+test data (``eval_subset``, drawn once from the seed; the whole test set when that is small enough);
+the final point scores the full test set.
 
 Summary (FIELD_GUIDE section 4): ``A_AUC`` the mean of the curve over the stream, ``A_last`` its final
 value (full test set), ``F_last`` the mean per-category drop from its best earlier point to the final
-one. The per-category values of the earlier points come from the subsample, the final from the full
-test set, so ``F_last`` compares estimates of the same quantity on different samples: per category
-the subsample is a random draw of its test images, so the drop is unbiased but noisier per category.
+one. The per-category values of the earlier points may come from the subsample and the final from the
+full test set. The best of several noisy estimates overestimates the true best, so ``F_last`` is
+biased upwards, the more so the fewer test images per category and the more points; compare it
+between learners on the same schedule, not across schedules.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def stratified_subsample(test_y: torch.Tensor, per_category: int, seed: int) -> 
     return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
 
 
+def eval_subset(test_y: torch.Tensor, max_images: int, seed: int) -> torch.Tensor | None:
+    """The test images every evaluation before the last scores (``eval.subsample``): None (all of them)
+    when there are at most ``max_images`` or ``max_images`` is 0, else a fixed stratified subsample of
+    about that many (an equal number per category, at least one)."""
+    if max_images < 0:
+        raise ValueError(f"eval.subsample must be >= 0 (test images; 0 = always the whole test set), got {max_images}")
+    if max_images == 0 or len(test_y) <= max_images:
+        return None
+    n_categories = len(torch.unique(test_y.cpu()))
+    return stratified_subsample(test_y, max(1, max_images // n_categories), seed)
+
+
 @torch.inference_mode()
 def _predictions(learner: Learner, stream: Stream, idx: torch.Tensor, n_met: int, batch_size: int
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -53,24 +66,22 @@ def _predictions(learner: Learner, stream: Stream, idx: torch.Tensor, n_met: int
 
 
 class AnytimeProbe:
-    """Scores the learner every ``every`` samples on a fixed stratified subsample of the test data.
+    """Scores the learner every ``every`` samples on ``subset`` of the test data (None: all of it).
 
     ``every`` counts stream samples presented (replay not included; in an experience stream every
     epoch presents its images again). The probe's points are plain numbers, saved with checkpoints.
     """
 
-    def __init__(self, stream: Stream, *, every: int, per_category: int, seed: int, batch_size: int = 512) -> None:
-        if every < 0:
-            raise ValueError(f"eval.anytime.every must be >= 0 (samples; 0 = off), got {every}")
-        if per_category < 1:
-            raise ValueError(f"eval.anytime.per_category must be >= 1, got {per_category}")
+    def __init__(self, stream: Stream, *, every: int, subset: torch.Tensor | None, batch_size: int = 512) -> None:
+        if every < 1:
+            raise ValueError(f"eval.anytime.every must be >= 1 (samples), got {every}")
         self.stream, self.every, self.batch_size = stream, every, batch_size
-        self.subsample = stratified_subsample(stream.test_y, per_category, seed)
+        self.subsample = torch.arange(len(stream.test_y)) if subset is None else subset
         self.trained = [c for e in stream.experiences for c in e]
 
     def due(self, samples_before: int, samples_now: int) -> bool:
         """Whether a multiple of ``every`` was crossed by the batch that brought the count to ``samples_now``."""
-        return self.every > 0 and samples_now // self.every > samples_before // self.every
+        return samples_now // self.every > samples_before // self.every
 
     def measure(self, learner: Learner, n_met: int, samples: int, full: bool = False) -> dict:
         """One point of the curve: accuracy on the met categories (choosing among them), per category,

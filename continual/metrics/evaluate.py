@@ -24,6 +24,7 @@ class EvalPass:
     """Host-side scores of every test image after some experience."""
 
     n_seen: int  # categories trained so far (labels 0..n_seen-1)
+    y: torch.Tensor  # (M,) host labels of the scored test images (all of them, or a fixed subsample)
     class_logits: torch.Tensor  # (M, n_seen)
     log_likelihood: torch.Tensor | None  # (M, C) attribute compatibility of every category
     attribute_pred: torch.Tensor | None  # (M, n_attributes) most likely value per attribute
@@ -31,12 +32,16 @@ class EvalPass:
 
 
 @torch.inference_mode()
-def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int = 512) -> EvalPass:
-    """Score every test image once (batched, inference mode) and bring the results to the host."""
+def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int = 512,
+                  subset: torch.Tensor | None = None) -> EvalPass:
+    """Score every test image (or those of ``subset``, host indices) once, batched, in inference mode,
+    and bring the results to the host."""
     logits, log_liks, attr_preds, embeds = [], [], [], []
     class_attributes = stream.class_attributes() if stream.has_attributes else None
-    for start in range(0, len(stream.test_y), batch_size):
-        s = learner.scores(stream.test_x[start:start + batch_size])
+    idx = torch.arange(len(stream.test_y)) if subset is None else subset
+    on_device = idx.to(stream.test_x.device)
+    for start in range(0, len(idx), batch_size):
+        s = learner.scores(stream.test_x[on_device[start:start + batch_size]])
         logits.append(s.class_logits)
         embeds.append(s.embedding)
         if s.attribute_log_probs is not None and class_attributes is not None:
@@ -48,6 +53,7 @@ def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int
     distinct = class_attributes is not None and len(torch.unique(class_attributes, dim=0)) == len(class_attributes)
     return EvalPass(
         n_seen=n_seen,
+        y=stream.test_y.cpu()[idx],
         class_logits=torch.cat(logits).cpu(),
         log_likelihood=torch.cat(log_liks).cpu() if log_liks and distinct else None,
         attribute_pred=torch.cat(attr_preds).cpu() if attr_preds else None,
@@ -71,7 +77,7 @@ def unseen_after(stream: Stream, experience: int) -> list[int]:
 def accuracy_row(ev: EvalPass, stream: Stream, experience: int) -> list[float]:
     """``R[experience, j]`` for every j: class-incremental accuracy for trained experiences,
     zero-shot accuracy (among all untrained categories) for later ones, NaN without attributes."""
-    y = stream.test_y.cpu()
+    y = ev.y
     row = []
     for j, classes in enumerate(stream.experiences):
         idx = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
@@ -88,7 +94,7 @@ def zero_shot_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
     """Accuracy on held-out categories choosing only among held-out categories, with chance."""
     if ev.log_likelihood is None or not stream.heldout:
         return None
-    y = stream.test_y.cpu()
+    y = ev.y
     idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
     acc = _restricted_accuracy(ev.log_likelihood[idx], y[idx], stream.heldout)
     return {"accuracy": acc, "chance": 1.0 / len(stream.heldout), "n_categories": len(stream.heldout)}
@@ -98,7 +104,7 @@ def generalised_zero_shot(ev: EvalPass, stream: Stream) -> dict | None:
     """Choose among seen and held-out categories by attribute compatibility; seen, unseen and H."""
     if ev.log_likelihood is None or not stream.heldout:
         return None
-    y = stream.test_y.cpu()
+    y = ev.y
     seen = list(range(ev.n_seen))
     candidates = seen + list(stream.heldout)
     seen_idx = (y < ev.n_seen).nonzero().squeeze(1)
@@ -143,7 +149,7 @@ def attribute_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
     """Accuracy of each attribute head over all test images (seen and held-out categories)."""
     if ev.attribute_pred is None:
         return None
-    truth = stream.class_codes.cpu()[stream.test_y.cpu()]  # (M, n_attributes)
+    truth = stream.class_codes.cpu()[ev.y]  # (M, n_attributes)
     out = {name: float((ev.attribute_pred[:, k] == truth[:, k]).float().mean())
            for k, name in enumerate(stream.attribute_space.names)}
     out["mean"] = sum(out.values()) / len(out)
@@ -155,7 +161,7 @@ def fine_grained_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
     pairs = [(a, b) for a, b in stream.fine_grained_pairs if a < ev.n_seen and b < ev.n_seen]
     if not pairs:
         return None
-    y = stream.test_y.cpu()
+    y = ev.y
     accs = [_restricted_accuracy(ev.class_logits[idx], y[idx], [a, b])
             for a, b in pairs
             for idx in [torch.isin(y, torch.tensor([a, b])).nonzero().squeeze(1)]]
@@ -164,7 +170,7 @@ def fine_grained_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
 
 def long_tail(ev: EvalPass, stream: Stream) -> dict | None:
     """Head / medium / tail accuracy of the trained categories, split by training image counts."""
-    y = stream.test_y.cpu()
+    y = ev.y
     idx = (y < ev.n_seen).nonzero().squeeze(1)
     per_class = per_class_accuracy(ev.class_logits[idx].argmax(1), y[idx])
     counts = {c: stream.train_counts[c] for c in per_class}
@@ -176,7 +182,7 @@ def fwt_baseline(ev_init: EvalPass, stream: Stream) -> list[float | None]:
     protocol as ``R[j-1, j]`` (zero-shot among the categories untrained at that point)."""
     if ev_init.log_likelihood is None:
         return [None] * stream.n_experiences
-    y = stream.test_y.cpu()
+    y = ev_init.y
     out = []
     for j, classes in enumerate(stream.experiences):
         idx = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
@@ -232,7 +238,7 @@ def few_shot(ev: EvalPass, stream: Stream, settings: dict | None, seed: int) -> 
     test embeddings; None without held-out categories or settings."""
     if not settings or len(stream.heldout) < 2:
         return None
-    y = stream.test_y.cpu()
+    y = ev.y
     idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
     out = few_shot_report(ev.embedding[idx], y[idx], list(stream.heldout), shots=tuple(settings["shots"]),
                           n_way=settings["n_way"], n_query=settings["n_query"],

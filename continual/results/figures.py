@@ -108,14 +108,7 @@ def plot_accuracy_curves(summaries: Sequence[GroupSummary], stem: str | Path, ti
         T_max = max(T_max, mean.size)
         _line_with_band(ax, x, mean, std, color, label)
     ax.set_xticks(range(1, T_max + 1))
-    ax.set_xlabel("after training on experience i")
-    ax.set_ylabel(r"average accuracy $A_i$ (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "accuracy over the stream (mean ± std over seeds)", fontsize=10)
-    _legend(ax, outside)
-    fig.tight_layout()
-    return save_figure(fig, stem, formats)
+    return _finish(fig, ax, "after training on experience i", r"average accuracy $A_i$ (%)", title or "accuracy over the stream (mean ± std over seeds)", outside, stem, formats)
 
 
 def plot_anytime_curves(summaries: Sequence[GroupSummary], stem: str | Path, title: str = "",
@@ -129,11 +122,17 @@ def plot_anytime_curves(summaries: Sequence[GroupSummary], stem: str | Path, tit
         x, mean, std = anytime_curve(s.group)
         if x.size:
             _line_with_band(ax, x, mean, std, color, label)
-    ax.set_xlabel("stream samples seen")
-    ax.set_ylabel("accuracy on the categories met so far (%)")
+    return _finish(fig, ax, "stream samples seen", "accuracy on the categories met so far (%)", title or "anytime accuracy (mean ± std over seeds)", outside, stem, formats)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, outside: bool, stem: str | Path,
+            formats: Sequence[str]) -> list[Path]:
+    """Labels, a 0-100 % axis, grid, title and legend of a curves figure; then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(title or "anytime accuracy (mean ± std over seeds)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     _legend(ax, outside)
     fig.tight_layout()
     return save_figure(fig, stem, formats)
@@ -171,14 +170,7 @@ def plot_learning_speed(summaries: Sequence[GroupSummary], stem: str | Path, ks:
             continue
         _line_with_band(ax, x, mean, std, color, label)
     ax.set_xticks(x, [str(k) for k in ks])
-    ax.set_xlabel("examples seen of each new category, k")
-    ax.set_ylabel("accuracy on the new categories (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "learning speed (mean ± std over seeds)", fontsize=10)
-    _legend(ax, outside)
-    fig.tight_layout()
-    return save_figure(fig, stem, formats)
+    return _finish(fig, ax, "examples seen of each new category, k", "accuracy on the new categories (%)", title or "learning speed (mean ± std over seeds)", outside, stem, formats)
 
 
 def plot_bars(summaries: Sequence[GroupSummary], metrics: Sequence[str], stem: str | Path, title: str = "",

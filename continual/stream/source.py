@@ -150,6 +150,10 @@ class OnlineSource:
     def n_steps(self) -> int:
         return sum(-(-len(s) // self.batch_size) for s in self.segments) * self.updates
 
+    def n_samples(self) -> int:
+        """Stream samples over the whole pass."""
+        return sum(len(s) for s in self.segments)
+
     def events(self) -> Iterator[Event]:
         stream, device = self.stream, self.stream.train_x.device
         labels_host = stream.train_y.cpu()
