@@ -10,7 +10,8 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest -q $(ARGS)
 
-# Speed: our learner vs a plain PyTorch loop vs Avalanche, rendering, eval share, memory (2-4 min on 2 CPU cores).
+# Speed: our learner vs a plain PyTorch loop vs Avalanche, per experience and online (per sample), rendering,
+# eval share, memory (about 5 min on 2 CPU cores).
 bench: setup
 	.venv/bin/python experiments/bench.py $(ARGS)
 

@@ -233,3 +233,21 @@ def test_events_of_an_experience_source_regenerate_identically(world_cache):
     assert not all(torch.equal(p.y_host, q.y_host) for p, q in zip(a, c))
     assert all(isinstance(e, (Begin, End, Batch)) or e.epoch >= 0
                for e in ExperienceSource(stream, epochs=1, batch_size=16, seed=5).events())
+
+
+def test_the_child_online_takes_its_class_prior_from_recent_steps(world_cache):
+    """Online, the categories met last are the rarest in a running count though training sees them
+    most; ``prior_steps=auto`` makes the logit adjustment's prior an average over recent steps."""
+    stream = build_stream(compose_config(TINY, world_cache)["benchmark"])
+    online = build_learner(compose_config([*TINY, "online.mode=iblurry"], world_cache), stream, torch.device("cpu"))
+    offline = build_learner(compose_config(TINY, world_cache), stream, torch.device("cpu"))
+    assert online.prior_decay == pytest.approx(1 - 1 / 50) and offline.prior_decay == 1.0
+    for learner in (online, offline):
+        for label in (0, 1):  # 100 steps of category 0, then 100 of category 1
+            for _ in range(100):
+                prior = learner._log_prior(torch.full((8,), label), 2)
+        learner.prior = prior
+    assert float(online.prior[1] - online.prior[0]) > 1.5  # recent steps: category 1 dominates (~e^2 : 1)
+    assert abs(float(offline.prior[1] - offline.prior[0])) < 0.01  # all steps: equal counts
+    with pytest.raises(ValueError, match="learner.prior_steps"):
+        build_learner(compose_config([*TINY, "learner.prior_steps=-1"], world_cache), stream, torch.device("cpu"))

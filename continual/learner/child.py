@@ -31,6 +31,9 @@ from continual.memory import ClassBalancedReservoir
 __all__ = ["ChildLearner", "make_optimizer"]
 
 
+ONLINE_PRIOR_STEPS = 50  # learner.prior_steps=auto on an online stream: the class prior's horizon, in steps
+
+
 @LEARNERS.register("child")
 class ChildLearner(ClassifierLearner):
     """Replay + attribute abstraction heads + description-initialised category classifiers."""
@@ -44,9 +47,15 @@ class ChildLearner(ClassifierLearner):
                  attribute_weight: float = 1.0, attribute_init: bool = True, replay_batch_size: int = 64,
                  head: str = "cosine", cosine_scale: float = 16.0, bind: bool = True, bind_window: int = 10,
                  bind_protect: bool = True, augment: bool = False, augment_args: dict | None = None,
-                 description_weight: float = 0.25, logit_adjustment: float = 1.0,
+                 description_weight: float = 0.25, logit_adjustment: float = 1.0, prior_steps: int | str = "auto",
                  optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
-                 amp: bool = True, channels_last: bool = False, compile: bool = False) -> None:
+                 amp: bool = True, channels_last: bool = False, compile: bool = False, online: bool = False) -> None:
+        if prior_steps == "auto":
+            # Online, the categories met last are always the rarest in a running count, though they are
+            # what the learner now sees most: a prior over recent steps tracks what training sees.
+            prior_steps = ONLINE_PRIOR_STEPS if online else 0
+        if isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 0:
+            raise ValueError(f"learner.prior_steps must be 'auto' or an int >= 0 (0: all steps so far), got {prior_steps!r}")
         if attribute_weight < 0:
             raise ValueError(f"learner.attribute_weight must be >= 0, got {attribute_weight}")
         if replay_batch_size < 0:
@@ -73,6 +82,7 @@ class ChildLearner(ClassifierLearner):
         self.binding = FastBinding(dim, n_classes, bind_window, description_weight) if bind else None
         self.bind_protect = bind_protect and bind
         self.logit_adjustment = logit_adjustment
+        self.prior_decay = 1.0 - 1.0 / prior_steps if prior_steps else 1.0  # per step, on the running label counts
         self.augment = RandomAffine(**(augment_args or {})) if augment else None
         # (C,) training labels seen so far, replay included: the class prior pi of the adjusted loss.
         self.register_buffer("label_counts", torch.zeros(n_classes))
@@ -174,7 +184,8 @@ class ChildLearner(ClassifierLearner):
             self.train()  # ``features`` leaves the learner in eval mode
 
     def _log_prior(self, y: torch.Tensor, n_active: int) -> torch.Tensor:
-        """``(n_active,)`` log class prior of everything trained on so far, this batch included.
+        """``(n_active,)`` log class prior of everything trained on so far, this batch included (over
+        about the last ``prior_steps`` steps when that is set: ``prior_decay`` per step).
 
         Adding it to the training logits (and not at test time) is Menon et al.'s logit-adjusted
         loss: a frequent category must win by its prior's margin, so rare ones keep their share
@@ -184,6 +195,8 @@ class ChildLearner(ClassifierLearner):
         delta = torch.zeros_like(self.label_counts).index_add_(0, y, torch.ones_like(y, dtype=self.label_counts.dtype))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(delta)  # one prior for all processes: the whole batch's labels
+        if self.prior_decay < 1.0:
+            self.label_counts.mul_(self.prior_decay)
         self.label_counts += delta
         counts = self.label_counts[:n_active] + 1
         return (counts / counts.sum()).log()
