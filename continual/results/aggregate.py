@@ -129,7 +129,7 @@ def _path_value(report: Mapping[str, Any], path: str) -> float | None:
             return None
         if part == "+":  # the sum of a node's numbers (memory_bytes: bytes by part)
             values = [v for v in node.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            node = sum(values) if values else None
+            node = sum(values)  # 0 for a learner that keeps nothing
             continue
         if "*" in part:
             part = next((k for k in node if fnmatch.fnmatchcase(str(k), part)), None)
