@@ -12,6 +12,7 @@ from continual.experiment import build_learner
 from continual.learner import LEARNERS
 from continual.loop import run_stream
 from continual.stream import build_stream
+from continual.stream.source import Batch, ExperienceSource, build_source
 from tests.conftest import TINY, compose_config
 
 pytestmark = [pytest.mark.gpu,
@@ -30,7 +31,8 @@ def _setup(world_cache, learner: str = "child", extra: tuple[str, ...] = ()):
 def test_child_learner_trains_on_the_gpu(world_cache, extra):
     cfg, stream, learner = _setup(world_cache, extra=extra)
     assert stream.train_x.is_cuda and learner.memory.x.is_cuda  # data and memory live on the device
-    card = run_stream(learner, stream, epochs=3, batch_size=32, seed=0, progress=False, print_fn=lambda *a: None)
+    source = ExperienceSource(stream, epochs=3, batch_size=32, seed=0)
+    card = run_stream(learner, stream, source, seed=0, progress=False, print_fn=lambda *a: None)
     assert math.isfinite(card.average_accuracy) and card.average_accuracy > 2.0 / 12  # well above chance (1/12)
     assert len(learner.memory) == cfg["memory"]["size"]
 
@@ -56,3 +58,26 @@ def test_training_step_never_syncs_with_the_host(world_cache, name):
         finally:
             torch.cuda.set_sync_debug_mode(0)
         learner.end_experience(e, x, y, codes)
+
+
+@pytest.mark.parametrize("name", [n for n in LEARNERS.names() if LEARNERS.get(n).supports_online])
+def test_online_steps_and_memory_writes_never_sync_with_the_host(world_cache, name):
+    """Online, the memory takes every batch (``remember``): its decisions come from host labels, so
+    a step plus the memory write must not wait for the GPU either. (Meeting a new category may: it
+    happens once per category; the child's binding reads the device every 8 steps, so fewer here.)"""
+    cfg = compose_config([*TINY, f"learner={name}", "device=cuda", "online.mode=iblurry"], world_cache)
+    torch.manual_seed(0)
+    stream, source = build_source(cfg, build_stream(cfg["benchmark"]).to(torch.device("cuda")))
+    learner = build_learner(cfg, stream, torch.device("cuda"))
+    batches = [e for e in source.events() if isinstance(e, Batch)][:7]
+    for i, event in enumerate(batches):
+        if event.new_classes:
+            learner.meet(event.new_classes)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if i >= 2 else 0)  # the first two warm up lazy state, cuBLAS
+        try:
+            learner.observe(event.x, event.y, event.codes)
+            learner.remember(event.x, event.y, event.y_host, event.codes)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert getattr(learner, "memory", None) is None or len(learner.memory) > 0  # finetune keeps none
