@@ -36,12 +36,14 @@ from continual.memory import ClassBalancedReservoir
 from continual.memory.budget import capacity_for_budget, memory_bytes
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
 from continual.stream import build_stream
+from continual.stream.disk import store_stream
 from continual.stream.source import build_source, check_online
 
 # Keys that change how a run is shown or where inputs are found, not what it computes: a resumed
 # run (or a sweep run again from another folder) may change them. The render cache is keyed by its
 # content and Omniglot's archives are checked against their sha256, so their paths do not matter.
-PRESENTATION_KEYS = ("progress", "logger", "benchmark.cache_dir", "benchmark.data_root")
+PRESENTATION_KEYS = ("progress", "logger", "benchmark.cache_dir", "benchmark.data_root",
+                     "data.storage", "data.memory_cap")  # images on disk give the same numbers (tested)
 MIN_FREE_BYTES = 100 * 2**20  # checkpoints, report and W&B files of a default run are ~10 MB
 
 
@@ -212,6 +214,8 @@ def _check_distributed(cfg: dict, dist: DistContext) -> dict:
     if not getattr(LEARNERS.get(name), "supports_ddp", False):
         raise ValueError(f"learner {name} does not support world_size > 1 yet; run it in one process")
     dist.per_rank(cfg["train"]["batch_size"], "train.batch_size")
+    if (cfg.get("online") or {}).get("mode", "off") != "off":  # each rank's memory would decide its own arrivals
+        raise ValueError("online.mode needs one process for now (world_size > 1 given): run it without torchrun")
     return {**cfg, "world_size": dist.world_size}
 
 
@@ -254,7 +258,10 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
         write_text_atomic(json.dumps(evidence, indent=2), run_dir / "git.json")
 
     seed_everything(seed)
-    stream, source = build_source(cfg, build_stream(cfg["benchmark"]).to(device), dist)
+    # Images resident on the device, or on disk when data.storage says so (or, auto, when they would not fit).
+    stream = store_stream(build_stream(cfg["benchmark"]), cfg.get("data"), device, cfg["benchmark"].get("cache_dir"),
+                          print_fn)
+    stream, source = build_source(cfg, stream.to(device), dist)
     seed_everything(seed)  # the initialisation does not depend on how much the stream drew
     learner = build_learner(cfg, stream, device, dist)
     dist.wrap(learner)  # DDP in a multi-process run

@@ -63,6 +63,8 @@ def test_multi_process_config_checks_fail_early(tmp_path):
         _check_distributed(compose_config([*TINY, "learner=gdumb"]), two)
     with pytest.raises(ValueError, match="train.batch_size=33 must be divisible"):
         _check_distributed(compose_config([*TINY, "train.batch_size=33"]), two)
+    with pytest.raises(ValueError, match="online.mode needs one process"):
+        _check_distributed(compose_config([*TINY, "online.mode=iblurry"]), two)
     cfg = _check_distributed(compose_config(TINY), two)
     assert cfg["world_size"] == 2  # recorded, so a one-process run cannot take over its folder
     assert not _claim_run_dir(cfg, tmp_path)
