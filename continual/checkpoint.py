@@ -58,6 +58,7 @@ class LoopState:
     milestones: dict = field(default_factory=dict)  # {k: step} where the experience in progress's curve is sampled
     curve: dict = field(default_factory=dict)  # its learning curve so far
     anytime: list[dict] = field(default_factory=list)  # points of the anytime-accuracy curve
+    czsl: list = field(default_factory=list)  # per experience: GZSL with every later category unseen (or None)
 
     def __post_init__(self) -> None:
         if not self.R:

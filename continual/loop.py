@@ -212,6 +212,8 @@ class _Run:
                                         None if e == T - 1 else self.subset)
             state.R[e] = ev.accuracy_row(self.result, stream, e)
             zs = ev.zero_shot_accuracy(self.result, stream)
+            state.czsl += [None] * (e - len(state.czsl))  # experiences not evaluated
+            state.czsl.append(ev.generalised_zero_shot(self.result, stream, ev.unseen_after(stream, e)))
             if self.few_shot and self.few_shot.get("every_experience"):
                 fs = ev.few_shot(self.result, stream, self.few_shot, self.seed)
         metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1) if evaluated else None,
@@ -246,7 +248,7 @@ class _Run:
         card = ReportCard.from_matrix(
             state.R, state.baseline,
             zero_shot=ev.zero_shot_accuracy(result, stream),
-            gzsl=ev.generalised_zero_shot(result, stream),
+            gzsl=_with_czsl(ev.generalised_zero_shot(result, stream), ev.continual_zero_shot(state.czsl)),
             attribute_accuracy=ev.attribute_accuracy(result, stream),
             fine_grained=ev.fine_grained_accuracy(result, stream),
             long_tail=ev.long_tail(result, stream),
@@ -262,6 +264,13 @@ class _Run:
                        "train_samples_per_s": samples / state.train_s if state.train_s > 0 else None,
                        "eval_share": state.eval_s / (state.train_s + state.eval_s)}
         return card
+
+
+def _with_czsl(gzsl: dict | None, czsl: dict | None) -> dict | None:
+    """The report's ``gzsl``: the end-of-stream numbers and the continual means over experiences."""
+    if czsl is None:
+        return gzsl
+    return {**(gzsl or {}), **czsl}
 
 
 def run_stream(learner: Learner, stream, source, *, seed: int, eval_batch_size: int = 512, eval_every: int = 1,

@@ -251,3 +251,19 @@ def test_the_child_online_takes_its_class_prior_from_recent_steps(world_cache):
     assert abs(float(offline.prior[1] - offline.prior[0])) < 0.01  # all steps: equal counts
     with pytest.raises(ValueError, match="learner.prior_steps"):
         build_learner(compose_config([*TINY, "learner.prior_steps=-1"], world_cache), stream, torch.device("cpu"))
+
+
+def test_continual_zero_shot_means_follow_the_field_guide(tmp_path, world_cache):
+    """After each experience t, GZSL with seen = trained so far and unseen = every later and held-out
+    category; mSA, mUA, mH, mAUSUC their means (Skorokhodov & Elhoseiny 2021)."""
+    card = run_experiment(compose_config(TINY, world_cache), tmp_path / "r", print_fn=lambda _: None).to_dict()
+    g = card["gzsl"]
+    points = g["per_experience"]
+    assert len(points) == 3 and g["n"] == 3
+    for key, mean_key in (("seen", "mSA"), ("unseen", "mUA"), ("harmonic", "mH"), ("auc", "mAUSUC")):
+        assert g[mean_key] == pytest.approx(sum(p[key] for p in points) / 3)
+    # The last experience leaves only the held-out categories unseen: the end-of-stream GZSL.
+    assert {k: points[-1][k] for k in ("seen", "unseen", "harmonic", "auc")} == \
+        {k: g[k] for k in ("seen", "unseen", "harmonic", "auc")}
+    # Earlier, later experiences' categories are unseen too: a different candidate set.
+    assert points[0] != points[-1]

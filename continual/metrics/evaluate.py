@@ -100,20 +100,35 @@ def zero_shot_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
     return {"accuracy": acc, "chance": 1.0 / len(stream.heldout), "n_categories": len(stream.heldout)}
 
 
-def generalised_zero_shot(ev: EvalPass, stream: Stream) -> dict | None:
-    """Choose among seen and held-out categories by attribute compatibility; seen, unseen and H."""
-    if ev.log_likelihood is None or not stream.heldout:
+def generalised_zero_shot(ev: EvalPass, stream: Stream, unseen: list[int] | None = None) -> dict | None:
+    """Choose among seen and ``unseen`` categories (default: the held-out ones) by attribute
+    compatibility; seen, unseen and H, and the calibration-free AUSUC."""
+    unseen = list(stream.heldout) if unseen is None else unseen
+    if ev.log_likelihood is None or not unseen:
         return None
     y = ev.y
     seen = list(range(ev.n_seen))
-    candidates = seen + list(stream.heldout)
+    candidates = seen + unseen
     seen_idx = (y < ev.n_seen).nonzero().squeeze(1)
-    unseen_idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
+    unseen_idx = torch.isin(y, torch.tensor(unseen)).nonzero().squeeze(1)
     s = _restricted_accuracy(ev.log_likelihood[seen_idx], y[seen_idx], candidates)
     u = _restricted_accuracy(ev.log_likelihood[unseen_idx], y[unseen_idx], candidates)
     idx = torch.cat([seen_idx, unseen_idx])
-    auc = seen_unseen_auc(ev.log_likelihood[idx], y[idx], seen, list(stream.heldout))
+    auc = seen_unseen_auc(ev.log_likelihood[idx], y[idx], seen, unseen)
     return {"seen": s, "unseen": u, "harmonic": harmonic_mean(s, u), "auc": auc}
+
+
+def continual_zero_shot(per_experience: list[dict | None]) -> dict | None:
+    """The continual zero-shot means (Skorokhodov & Elhoseiny 2021; FIELD_GUIDE section 4) over the
+    experiences evaluated: ``per_experience[t]`` is GZSL after experience t with seen = the categories
+    trained so far and unseen = every later and held-out one (``generalised_zero_shot(ev, stream,
+    unseen_after(stream, t))``; None where not evaluated or nothing is unseen)."""
+    points = [p for p in per_experience if p is not None]
+    if not points:
+        return None
+    mean = lambda key: sum(p[key] for p in points) / len(points)  # noqa: E731
+    return {"mSA": mean("seen"), "mUA": mean("unseen"), "mH": mean("harmonic"), "mAUSUC": mean("auc"),
+            "n": len(points), "per_experience": per_experience}
 
 
 def seen_unseen_auc(scores: torch.Tensor, target: torch.Tensor, seen: list[int], unseen: list[int]) -> float:

@@ -239,7 +239,9 @@ class ReportCard:
     fwt: float | None = None
     fwt_baseline: list[float | None] | None = None
     zero_shot: dict | None = None  # {"accuracy", "chance", "n_categories"}
-    gzsl: dict | None = None  # {"seen", "unseen", "harmonic", "auc" (area under the seen-unseen curve)}
+    # {"seen", "unseen", "harmonic", "auc" (area under the seen-unseen curve)}; with the continual means over
+    # experiences (every later category unseen): "mSA", "mUA", "mH", "mAUSUC", "n", "per_experience"
+    gzsl: dict | None = None
     attribute_accuracy: dict | None = None  # {attribute name: accuracy, ..., "mean": accuracy}
     fine_grained: dict | None = None  # {"accuracy", "n_pairs"}
     long_tail: dict | None = None  # output of long_tail_accuracy
@@ -432,6 +434,9 @@ def format_report(card: ReportCard) -> str:
             f"H {_pct(g.get('harmonic'))}  (seen {_pct(g.get('seen'))}, "
             f"unseen {_pct(g.get('unseen'))})"
             + (f"; AUSUC {_pct(g['auc'])} (calibration-free)" if g.get("auc") is not None else ""))
+    if g.get("mH") is not None:
+        row("continual zero-shot", f"mH {_pct(g['mH'])}  (mSA {_pct(g['mSA'])}, mUA {_pct(g['mUA'])}); "
+            f"mAUSUC {_pct(g['mAUSUC'])}  (means over {g['n']} experiences)")
 
     attrs = {k: v for k, v in (card.attribute_accuracy or {}).items() if k != "mean"}
     mean_attr = (card.attribute_accuracy or {}).get("mean")

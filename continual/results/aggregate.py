@@ -64,6 +64,8 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("gzsl_seen", "GZSL seen (%)", r"GZSL $s$", "gzsl.seen"),
     _M("gzsl_unseen", "GZSL unseen (%)", r"GZSL $u$", "gzsl.unseen"),
     _M("gzsl_auc", "GZSL AUSUC (%)", "AUSUC", "gzsl.auc"),
+    _M("czsl_mH", "continual ZSL mH (%)", "mH", "gzsl.mH"),
+    _M("czsl_mAUSUC", "continual ZSL mAUSUC (%)", "mAUSUC", "gzsl.mAUSUC"),
     _M("attributes", "attributes (%)", "attributes", "attribute_accuracy.mean"),
     _M("fine_grained", "fine-grained (%)", "fine-grained", "fine_grained.accuracy"),
     _M("learning_speed", "learning-speed area (%)", "LS area", "learning_speed.area"),
@@ -97,6 +99,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
 # long-tail split, never-trained alphabets).
 _NOT_DEFAULT = {"long_tail_tail", "long_tail_head", "long_tail_medium", "tail_head", "lake_error", "meet_10",
                 "meet_50", "meet_all", "speed_k0", "speed_k1", "speed_k5", "speed_k10", "A_AUC", "A_last", "F_last",
+                "czsl_mH", "czsl_mAUSUC",
                 "memory_mb"}
 DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in _NOT_DEFAULT)
 
