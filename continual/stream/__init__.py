@@ -1,4 +1,4 @@
-"""Streams of novel categories: the embedded attribute world (and real data sets). Registered by name."""
+"""Streams of novel categories: the embedded attribute world, Omniglot, any Avalanche benchmark. Registered by name."""
 
 from __future__ import annotations
 
@@ -60,6 +60,30 @@ def _omniglot_check(**cfg) -> None:
 
 _omniglot.config_schema = _omniglot_schema
 _omniglot.check_config = _omniglot_check
+
+
+@BENCHMARKS.register("avalanche")
+def _avalanche(**cfg) -> Stream:
+    from continual.avalanche_compat import avalanche_stream
+
+    return avalanche_stream(**cfg)
+
+
+def _avalanche_schema() -> dict:
+    from continual.avalanche_compat import avalanche_stream
+    from continual.config import signature_schema
+
+    return signature_schema(avalanche_stream)
+
+
+def _avalanche_check(**cfg) -> None:
+    from continual.avalanche_compat import check_avalanche_settings
+
+    check_avalanche_settings(**cfg)  # imports Avalanche (~7 s) to check the name and arguments; reads no data
+
+
+_avalanche.config_schema = _avalanche_schema
+_avalanche.check_config = _avalanche_check
 
 
 def build_stream(cfg: dict) -> Stream:
