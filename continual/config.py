@@ -24,6 +24,7 @@ TOP_LEVEL: dict[str, Any] = {
                             "train_per_category": int, "test_per_category": int, "step_images": int,
                             "after": list, "max_categories": int}},
     "memory": {"size": int | None, "budget": Any},  # budget: bytes or "1.5MB" (continual.memory.budget checks it)
+    "data": {"storage": str, "memory_cap": Any},  # where the stream's images live (continual.stream.disk checks it)
     "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "name": str | None, "tags": list}},
     "benchmark": dict, "learner": dict,
 }
@@ -139,3 +140,6 @@ def validate_config(cfg: dict) -> None:
     from continual.memory.budget import check_memory_config
 
     check_memory_config(cfg.get("memory"))  # memory.size (images) or memory.budget (bytes), not both
+    from continual.stream.disk import check_data_config
+
+    check_data_config(cfg.get("data"))  # data.storage: memory | disk | auto; data.memory_cap: bytes or null

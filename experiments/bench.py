@@ -42,6 +42,12 @@ arriving image; replay is work done for it, not counted as samples).
   experiences and ``train`` called on each (see ``AvalancheOnline``). It runs on this stack
   (Avalanche 0.6.0, torch 2.14); were it to break, its error is recorded like any contender's.
 
+Storage section: ``ours`` on the same stream with its images resident (the default) and on disk
+(``ours_disk``: ``continual.stream.disk``, the images written to ``.npy`` files in a temporary folder,
+every batch read from them), interleaved as above, for both models. ``throughput_ratio`` is the disk
+path's images per second over the in-memory path's (median of the rounds' ratios); the files were
+just written, so the page cache serves the reads: it measures the read path, not the disk.
+
 Time ratios are "seconds per image (online: per stream sample) of A / of B": 1.10 means A takes
 10 % longer per training image than B. ``time_ratios`` (the table, the targets) is the median
 over rounds of the ratio within each round, robust to load drifting between rounds;
@@ -63,7 +69,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -81,6 +87,7 @@ from continual.learner.child import make_optimizer  # noqa: E402
 from continual.loop import TrainProgress, train_on  # noqa: E402
 from continual.metrics.report import write_json_atomic  # noqa: E402
 from continual.stream import Stream, build_stream  # noqa: E402
+from continual.stream.disk import to_disk  # noqa: E402
 from continual.stream.online import OnlineSettings, online_order  # noqa: E402
 from continual.stream.render import RenderSettings, render  # noqa: E402
 from continual.stream.source import Batch, End, ExperienceSource, OnlineSource  # noqa: E402
@@ -219,6 +226,12 @@ class Ours:
                 break
         synchronize(self.device)
         return self.progress.samples - samples, self.progress.steps - steps
+
+
+class OursDisk(Ours):
+    """``Ours`` on a stream whose images are on disk (``continual.stream.disk``): the storage section."""
+
+    label = "ours, images on disk"
 
 
 class Plain:
@@ -643,6 +656,27 @@ def compare_training(cfg: dict, stream: Stream, benchmark: Callable[[], object],
     return out | time_ratios(out["contenders"], pairs, "image")
 
 
+def compare_storage(cfg: dict, stream: Stream, device: torch.device, epochs: int, sizes: Sizes,
+                    log: Callable[[str], None]) -> dict:
+    """Ours with the stream's images resident against ours with them on disk (same stream, same batches)."""
+    with tempfile.TemporaryDirectory(prefix="bench-disk-") as folder:
+        on_disk = replace(stream, train_x=to_disk(stream.train_x, folder), test_x=to_disk(stream.test_x, folder))
+        builders: dict[str, Callable[[], Contender]] = {
+            "ours": lambda: Ours(cfg, stream, device, epochs),
+            "ours_disk": lambda: OursDisk(cfg, on_disk, device, epochs),
+        }
+        series, errors = interleave(builders, sizes, "image", log)
+    out = {"backbone": cfg["learner"]["backbone"], "backbone_args": cfg["learner"]["backbone_args"],
+           "epochs_per_measurement": epochs,
+           "contenders": {k: s.summary() for k, s in series.items()} | {
+               k: {"label": k, "error": msg} for k, msg in errors.items()}}
+    out |= time_ratios(out["contenders"], [("ours_disk", "ours")], "image")
+    if not errors:  # images per second of the disk path over the in-memory path's, paired by round
+        rounds = [out["contenders"][k]["rounds_seconds_per_image"] for k in ("ours", "ours_disk")]
+        out["throughput_ratio"] = statistics.median(m / d for m, d in zip(*rounds))
+    return out
+
+
 def compare_online(cfg: dict, stream: Stream, segments: list[torch.Tensor], benchmark: Callable[[], object],
                    device: torch.device, sizes: Sizes, log: Callable[[str], None]) -> dict:
     """Online: each contender trains one hidden segment of the same arrival order per measurement;
@@ -753,6 +787,15 @@ def format_table(result: dict) -> str:
     lines.append(f"{'':<44}{'img/s':>10}{'ms/step':>10}{'img/meas.':>11}{'vs plain':>10}")
     for kind, t in result["training"].items():
         lines += _comparison_lines(kind, t, "plain", "image")
+    lines.append("")
+    lines.append("storage: ours with the images on disk (read per batch, page cache warm) against resident")
+    for kind, t in result["storage"].items():
+        c = t["contenders"]
+        if "throughput_ratio" not in t:
+            lines.append(f"  {kind} model: FAILED " + "; ".join(v["error"][:200] for v in c.values() if "error" in v))
+            continue
+        lines.append(f"  {kind} model ({t['backbone']}): disk {c['ours_disk']['images_per_s']:.0f} img/s, resident "
+                     f"{c['ours']['images_per_s']:.0f} img/s: disk throughput {t['throughput_ratio']:.2f}x resident")
     lines.append("")
     online = result["online"]
     if online != "skipped":
@@ -865,6 +908,11 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"training, {kind} model ({backbone}), {epochs} epoch(s) of one experience per measurement ...")
         result["training"][kind] = compare_training(bench_config(args, sizes, backbone), stream,
                                                     avalanche_benchmark, device, epochs, sizes, log)
+    result["storage"] = {}
+    for kind, backbone, epochs in (("default", args.backbone, sizes.epochs), ("tiny", "linear", sizes.tiny_epochs)):
+        log(f"images on disk against resident, {kind} model ({backbone}) ...")
+        result["storage"][kind] = compare_storage(bench_config(args, sizes, backbone), stream, device, epochs,
+                                                  sizes, log)
     if args.skip_online:
         result["online"] = "skipped"
     else:
@@ -909,6 +957,8 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [name for name, part in (("render", result["render"]), ("experiment", result["experiment"]))
               if isinstance(part, dict) and "error" in part]
     failed += [f"{kind}/{k}" for kind, t in result["training"].items() for k, c in t["contenders"].items()
+               if "error" in c]
+    failed += [f"storage/{kind}/{k}" for kind, t in result["storage"].items() for k, c in t["contenders"].items()
                if "error" in c]
     if result["online"] != "skipped":
         failed += [f"online/{kind}/{k}" for kind in ("default", "tiny")

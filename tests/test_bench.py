@@ -63,6 +63,16 @@ def test_quick_bench_writes_every_measurement(tmp_path):
             assert medians[a] == statistics.median(rounds[a])
     assert result["training"]["tiny"]["backbone"] == "linear"
 
+    # Images on disk against resident: the same learner on the same batches, so the same work.
+    for kind in ("default", "tiny"):
+        s = result["storage"][kind]
+        assert set(s["contenders"]) == {"ours", "ours_disk"}, s["contenders"]
+        assert s["contenders"]["ours"]["images_per_measurement"] == s["contenders"]["ours_disk"]["images_per_measurement"]
+        assert _positive(s["throughput_ratio"]) and _positive(s["time_ratios"]["ours_disk/ours"]), s
+        rounds = [s["contenders"][k]["rounds_seconds_per_image"] for k in ("ours", "ours_disk")]
+        assert math.isclose(s["throughput_ratio"], statistics.median(m / d for m, d in zip(*rounds)), rel_tol=1e-9)
+    assert "disk throughput" in proc.stdout
+
     online = result["online"]
     assert online["settings"]["mode"] == "iblurry"
     assert online["settings"]["segments"] == result["config"]["warmup"] + result["config"]["rounds"]

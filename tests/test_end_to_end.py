@@ -22,7 +22,8 @@ def _fractions(report: dict):
     yield report["average_accuracy"]
     yield from (v for row in report["accuracy_matrix"] for v in row if v is not None)
     yield report["zero_shot"]["accuracy"]
-    yield from report["gzsl"].values()
+    yield from (v for k, v in report["gzsl"].items() if k not in ("n", "per_experience"))
+    yield from (v for point in report["gzsl"]["per_experience"] for v in (point or {}).values())
     yield report["fine_grained"]["accuracy"]
     yield from report["attribute_accuracy"].values()
 

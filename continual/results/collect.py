@@ -27,10 +27,11 @@ __all__ = [
 
 # Keys never used to tell sweep cells apart: the seed (cells are averaged over it), and keys that do
 # not change what a run computes (console, loggers, Hydra's own settings, paths to caches/data, and
-# CPU threads: parallel sweep jobs take 1, a lone run all cores, for the same experiment).
+# CPU threads: parallel sweep jobs take 1, a lone run all cores, for the same experiment; where the
+# images are kept, data.*, which gives the same numbers bit for bit).
 IGNORED_KEYS: tuple[str, ...] = (
     "seed", "progress", "threads", "logger", "logger.*", "hydra", "hydra.*",
-    "benchmark.cache_dir", "benchmark.data_root",
+    "benchmark.cache_dir", "benchmark.data_root", "data", "data.*",
 )
 ABSENT = "(absent)"  # shown for a key that one run's config does not have at all
 _SKIP_DIRS = {".hydra", "wandb", "__pycache__"}  # never hold run folders; wandb/ can be large

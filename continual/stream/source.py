@@ -4,7 +4,8 @@ A source is a seeded, replayable sequence of events. An experience stream is a s
 told to the learner (``Begin`` / ``End`` reach ``begin_experience`` / ``end_experience``), several
 epochs per experience; an online stream is a source without them: one pass, a category is new when
 its label first appears (``Batch.new_classes``), and the boundaries of its hidden segments are there
-for the evaluator only. A source that reads from disk would be a third kind behind the same events.
+for the evaluator only. Images on disk (``continual.stream.disk``) need no third kind: both sources
+index ``stream.train_x`` alike, and a ``DiskImages`` reads the rows asked for (their indices on the host).
 
 Why events are regenerated rather than stored: the whole sequence follows from the seed, so a run
 resumed after ``k`` events regenerates the source and skips ``k`` of them (cheap: index permutations,
@@ -19,6 +20,7 @@ from typing import Iterator, Union
 import torch
 
 from continual.distributed import SINGLE, DistContext
+from continual.stream.disk import DiskImages
 from continual.stream.stream import Stream
 
 
@@ -72,6 +74,13 @@ def _codes(stream: Stream, idx: torch.Tensor) -> torch.Tensor | None:
     return stream.codes_for(idx) if stream.has_attributes else None
 
 
+def _index_device(stream: Stream) -> torch.device:
+    """Where a source keeps its index tensors: with resident images, their device (every gather stays
+    there, no host sync); with images on disk, the host, where they are read."""
+    images = stream.train_x
+    return images.index_device if isinstance(images, DiskImages) else images.device
+
+
 class ExperienceSource:
     """The experiences of ``stream`` in order, ``epochs`` shuffled passes each (more when that is
     fewer than ``min_steps`` steps, so a study that shrinks the data does not also starve the learner
@@ -103,12 +112,12 @@ class ExperienceSource:
                    for e in range(self.stream.n_experiences))
 
     def events(self) -> Iterator[Event]:
-        stream, dist, device = self.stream, self.dist, self.stream.train_x.device
+        stream, dist, device = self.stream, self.dist, _index_device(self.stream)
         order = torch.Generator().manual_seed(self.seed)  # the batch order, from the seed alone
         samples = 0
         for e in range(stream.n_experiences):
             yield Begin(e, list(stream.experiences[e]))
-            idx = stream.train_indices(e)  # (N,) this experience's images, on the device
+            idx = stream.train_indices(e).to(device)  # (N,) this experience's images, where indices live
             y_host = stream.train_y[idx].cpu()
             for epoch in range(self.epochs_of(e)):
                 perm = torch.randperm(len(idx), generator=order)
@@ -155,7 +164,7 @@ class OnlineSource:
         return sum(len(s) for s in self.segments)
 
     def events(self) -> Iterator[Event]:
-        stream, device = self.stream, self.stream.train_x.device
+        stream, device = self.stream, _index_device(self.stream)
         labels_host = stream.train_y.cpu()
         met = 0  # labels 0..met-1 have appeared (first-appearance order: continual.stream.online)
         samples = 0
