@@ -162,8 +162,8 @@ def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = S
     return build(dist.share(size), device).to(device)
 
 
-def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
-    """Check the folder may hold this run; True when it already holds the finished run."""
+def _check_run_dir(cfg: dict, run_dir: Path) -> bool:
+    """Check the folder may hold this run, writing nothing; True when it already holds the finished run."""
     config_file = run_dir / "config.json"
     if config_file.exists():
         try:
@@ -186,7 +186,15 @@ def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
     if free < MIN_FREE_BYTES:
         raise RunFolderError(f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}; a run needs at least "
                              f"{MIN_FREE_BYTES / 2**20:.0f} MiB. Free space or choose another run folder")
-    write_text_atomic(json.dumps(cfg, indent=2), config_file)
+    return False
+
+
+def _claim_run_dir(cfg: dict, run_dir: Path) -> bool:
+    """``_check_run_dir``, then the folder is this run's: its config is written (a new folder's)."""
+    if _check_run_dir(cfg, run_dir):
+        return True
+    if not (run_dir / "config.json").exists():
+        write_text_atomic(json.dumps(cfg, indent=2), run_dir / "config.json")
     return False
 
 
@@ -243,7 +251,7 @@ def run_experiment(cfg: dict, run_dir: str | Path, print_fn=print, dist: DistCon
 
 def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: float) -> ReportCard:
     """``run_experiment`` once rank 0 holds the run folder's lock."""
-    if dist.main_first(lambda: _claim_run_dir(cfg, run_dir)):  # rank 0 checks the folder; all learn the outcome
+    if dist.main_first(lambda: _check_run_dir(cfg, run_dir)):  # rank 0 checks the folder; all learn the outcome
         card = ReportCard.from_dict(json.loads((run_dir / "report.json").read_text()))
         print_fn(format_report(card))
         print_fn(f"run folder: {run_dir} (already complete; nothing was run)")
@@ -252,15 +260,16 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
     if cfg.get("threads"):  # parallel sweep jobs on one machine each take a share of the cores
         torch.set_num_threads(int(cfg["threads"]))
     seed = int(cfg["seed"])
+    seed_everything(seed)
+    # Images resident on the device, or on disk when data.storage says so (or, auto, when they would not fit).
+    # Built before anything is written: missing or malformed data leave the run folder as it was.
+    stream = store_stream(build_stream(cfg["benchmark"]), cfg.get("data"), device, cfg["benchmark"].get("cache_dir"),
+                          print_fn)
+    dist.main_first(lambda: _claim_run_dir(cfg, run_dir))
     if dist.is_main:
         package = Path(__file__).parent
         evidence = {**git_revision(package), "source_sha256": source_digest(package), "device": describe_device(device)}
         write_text_atomic(json.dumps(evidence, indent=2), run_dir / "git.json")
-
-    seed_everything(seed)
-    # Images resident on the device, or on disk when data.storage says so (or, auto, when they would not fit).
-    stream = store_stream(build_stream(cfg["benchmark"]), cfg.get("data"), device, cfg["benchmark"].get("cache_dir"),
-                          print_fn)
     stream, source = build_source(cfg, stream.to(device), dist)
     seed_everything(seed)  # the initialisation does not depend on how much the stream drew
     learner = build_learner(cfg, stream, device, dist)

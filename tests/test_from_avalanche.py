@@ -271,9 +271,6 @@ def test_missing_data_fail_naming_the_benchmark_and_the_folder(benchmark, module
         build_stream(cfg)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="run_experiment builds the stream after writing config.json and git.json into the run "
-                          "folder; needs the stream built before the folder is touched")
 def test_missing_data_write_nothing_into_the_run_folder(tmp_path, monkeypatch):
     def offline(*_, **__):
         raise urllib.error.URLError("Name or service not known")
