@@ -8,24 +8,26 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import IO, Callable
 
 import torch
 
 from continual.stream.render import RENDER_VERSION, RenderSettings, render
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` so that readers only ever see the old file or the complete new one.
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(file)`` to ``path`` so that readers only ever see the old file or the complete new one.
 
     The data goes to a temporary file in the same directory (same file system, so the final
-    ``os.replace`` is atomic); a crash mid-write leaves at most a stray temporary file.
+    ``os.replace`` is atomic), flushed to disk first; a crash mid-write leaves at most a stray
+    temporary file, and an exception in ``write`` removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with tmp:
-            torch.save(obj, tmp)
+            write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         # NamedTemporaryFile is private (0600); a cache may be shared, so publish it world-readable.
@@ -37,6 +39,11 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def cache_key(codes: torch.Tensor, seed: int, settings: RenderSettings) -> str:

@@ -49,7 +49,6 @@ import hashlib
 import math
 import mmap
 import os
-import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +57,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from continual.stream.cache import atomic_write
 from continual.stream.stream import Stream
 
 STORAGES = ("memory", "disk", "auto")
@@ -199,32 +199,21 @@ def write_images(path: str | os.PathLike, chunks: Iterable[torch.Tensor], shape:
     temporary file in the same directory, renamed over ``path`` once flushed to disk.
     """
     shape = tuple(int(s) for s in shape)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(tmp, header)
-            rows = 0
-            for chunk in chunks:
-                if chunk.dtype != torch.uint8 or tuple(chunk.shape[1:]) != shape[1:]:
-                    raise ValueError(f"chunks must be uint8 (n, {', '.join(map(str, shape[1:]))}), "
-                                     f"got {chunk.dtype} {tuple(chunk.shape)}")
-                tmp.write(memoryview(chunk.detach().cpu().contiguous().numpy()).cast("B"))
-                rows += len(chunk)
-            if rows != shape[0]:
-                raise ValueError(f"chunks hold {rows} rows, the shape says {shape[0]}")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o644)  # a cache may be shared (NamedTemporaryFile is private)
-        os.replace(tmp.name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except OSError:
-            pass
-        raise
+
+    def write(f) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        rows = 0
+        for chunk in chunks:
+            if chunk.dtype != torch.uint8 or tuple(chunk.shape[1:]) != shape[1:]:
+                raise ValueError(f"chunks must be uint8 (n, {', '.join(map(str, shape[1:]))}), "
+                                 f"got {chunk.dtype} {tuple(chunk.shape)}")
+            f.write(memoryview(chunk.detach().cpu().contiguous().numpy()).cast("B"))
+            rows += len(chunk)
+        if rows != shape[0]:
+            raise ValueError(f"chunks hold {rows} rows, the shape says {shape[0]}")
+
+    atomic_write(path, write)
     return DiskImages(path)
 
 
