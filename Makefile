@@ -30,15 +30,16 @@ one-look: setup
 	  .venv/bin/python experiments/report.py $(RESULTS)/$$e --metrics A_T speed_k0 speed_k1 speed_k5 \
 	    speed_k10 tail_head lake_error meet_10 meet_all || exit 1; done
 
-# Every sweep the paper reads, into $(RESULTS) (the first five about an hour on 2 CPU cores; the three
-# one_look sweeps add 78 runs, the two online sweeps 30; finished runs are kept, so an interrupted call
-# picks up where it stopped). The Omniglot sweeps need ../shared/data/omniglot.
+# Every sweep the paper reads, into $(RESULTS) (the first five about an hour on 2 CPU cores, the diversity
+# sweep's 25 runs about another hour and a half; the three
+# one_look sweeps add 78 runs, the two online sweeps 30, the noisy-tags sweep 72 (about two hours); finished
+# runs are kept, so an interrupted call picks up where it stopped). The Omniglot sweeps need ../shared/data/omniglot.
 paper-results: setup
-	for e in ablation init_ablation baselines scaling; do \
+	for e in ablation init_ablation baselines scaling scaling_diversity; do \
 	  .venv/bin/python experiments/train.py -m experiment=$$e hydra.sweep.dir=$(RESULTS)/$$e || exit 1; done
 	.venv/bin/python experiments/train.py -m experiment=omniglot seed=0,1,2 progress=false threads=1 \
 	  hydra/launcher=parallel hydra.sweep.dir=$(RESULTS)/omniglot
-	for e in one_look one_look_long_tail one_look_omniglot online online_omniglot; do \
+	for e in one_look one_look_long_tail one_look_omniglot online online_omniglot tags; do \
 	  .venv/bin/python experiments/train.py -m experiment=$$e hydra.sweep.dir=$(RESULTS)/$$e || exit 1; done
 
 # Tables, figures and numbers of paper/main.tex from $(RESULTS), then the PDF when TeX is installed.

@@ -78,7 +78,7 @@ def to_avalanche(stream: Stream, float_images: bool = True):
     test_keep = stream.test_y.cpu() < n_stream
     test_x, test_y = stream.test_x.cpu()[test_keep], stream.test_y.cpu()[test_keep]
     heldout_x, heldout_y = stream.test_x.cpu()[~test_keep], stream.test_y.cpu()[~test_keep]
-    if float_images:
+    if float_images and train_x.dtype == torch.uint8:  # feature vectors (a GBU stream) travel as they are
         train_x, test_x, heldout_x = train_x.float() / 255.0, test_x.float() / 255.0, heldout_x.float() / 255.0
     sizes = [len(c) for c in stream.experiences]
     benchmark = nc_benchmark(
@@ -154,12 +154,15 @@ def _read(dataset, where: str, image_size: int | None, batch_size: int,
     for items in loader:
         for item in items:
             try:
-                image = _image_uint8(item[0], image_size)
+                if isinstance(item[0], torch.Tensor) and item[0].ndim == 1 and item[0].is_floating_point():
+                    image = item[0].detach().cpu().float()  # a feature vector (a GBU stream's): kept as it is
+                else:
+                    image = _image_uint8(item[0], image_size)
             except ValueError as err:
                 raise ValueError(f"{where}, image {i}: {err}") from None
             if images is None:
-                images = torch.empty((n, *image.shape), dtype=torch.uint8)
-            elif image.shape != images.shape[1:]:
+                images = torch.empty((n, *image.shape), dtype=image.dtype)
+            elif image.shape != images.shape[1:] or image.dtype != images.dtype:
                 raise ValueError(f"{where}, image {i}: shape {tuple(image.shape)}, the first was "
                                  f"{tuple(images.shape[1:])}; set an image size (benchmark.image_size) to resize "
                                  f"them all, and give the benchmark a transform that makes the channels agree")
@@ -297,7 +300,8 @@ def stream_from_avalanche(
 
     codes, pairs = None, []
     if extras["attribute_space"] is not None:
-        codes = torch.as_tensor(extras["class_codes"], dtype=torch.long).cpu()
+        continuous = extras["attribute_space"].continuous  # float degrees in [0, 1], else value indices
+        codes = torch.as_tensor(extras["class_codes"], dtype=torch.float32 if continuous else torch.long).cpu()
         if max(y for _, y in keys) >= len(codes):
             raise ValueError(f"class_codes has {len(codes)} rows; the benchmark has label {max(y for _, y in keys)}")
         codes = codes[torch.tensor([y for _, y in keys])]  # (C, n_attributes) by our label

@@ -59,6 +59,8 @@ class LoopState:
     curve: dict = field(default_factory=dict)  # its learning curve so far
     anytime: list[dict] = field(default_factory=list)  # points of the anytime-accuracy curve
     czsl: list = field(default_factory=list)  # per experience: GZSL with every later category unseen (or None)
+    czsl_calibrated: list = field(default_factory=list)  # the same, calibrated (continual.metrics.calibration)
+    calibration: dict = field(default_factory=dict)  # the calibrator's gamma so far (Calibrator.state_dict)
 
     def __post_init__(self) -> None:
         if not self.R:

@@ -22,7 +22,9 @@ TOP_LEVEL: dict[str, Any] = {
              "few_shot": {"n_way": int, "shots": list, "n_query": int, "episodes": int, "every_experience": bool},
              "new_domain": {"one_shot_trials": int, "one_shot_way": int, "one_at_a_time": bool,
                             "train_per_category": int, "test_per_category": int, "step_images": int,
-                            "after": list, "max_categories": int}},
+                            "after": list, "max_categories": int},
+             "calibration": {"enabled": bool, "method": str, "scores": str, "drift": bool, "seen_from": str,
+                             "per_category": int, "val_per_category": int}},
     "memory": {"size": int | None, "budget": Any},  # budget: bytes or "1.5MB" (continual.memory.budget checks it)
     "data": {"storage": str, "memory_cap": Any},  # where the stream's images live (continual.stream.disk checks it)
     "logger": {"wandb": {"mode": str, "project": str, "group": str | None, "name": str | None, "tags": list}},
@@ -143,3 +145,6 @@ def validate_config(cfg: dict) -> None:
     from continual.stream.disk import check_data_config
 
     check_data_config(cfg.get("data"))  # data.storage: memory | disk | auto; data.memory_cap: bytes or null
+    from continual.metrics.calibration import check_calibration_config
+
+    check_calibration_config(cfg)  # eval.calibration: method, scores, seen_from and the split they need

@@ -32,12 +32,14 @@ from continual.logging.run_folder import (RunFolderError, RunFolderLock, git_rev
                                          source_digest, write_text_atomic)
 from continual.loop import run_stream
 from continual.metrics.anytime import AnytimeProbe, eval_subset
+from continual.metrics.calibration import Calibrator, calibration_settings
 from continual.memory import ClassBalancedReservoir
 from continual.memory.budget import capacity_for_budget, memory_bytes
 from continual.metrics.report import ReportCard, format_report, save_heatmap, write_json_atomic
 from continual.stream import build_stream
 from continual.stream.disk import store_stream
 from continual.stream.source import build_source, check_online
+from continual.stream.validation import split_validation
 
 # Keys that change how a run is shown or where inputs are found, not what it computes: a resumed
 # run (or a sweep run again from another folder) may change them. The render cache is keyed by its
@@ -149,7 +151,11 @@ def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = S
         learner_cfg["online"] = True
 
     def build(capacity: int, on: torch.device) -> Learner:
-        memory = ClassBalancedReservoir(capacity, stream.image_shape, n_attr, device=on, seed=cfg["seed"] + dist.rank)
+        # The memory keeps what the stream holds: uint8 images or float features, long or float (continuous) codes.
+        codes = (stream.train_codes if stream.train_codes is not None else stream.class_codes) if stream.has_attributes else None
+        codes_dtype = codes.dtype if codes is not None else torch.long
+        memory = ClassBalancedReservoir(capacity, stream.image_shape, n_attr, device=on, seed=cfg["seed"] + dist.rank,
+                                        x_dtype=stream.train_x.dtype, codes_dtype=codes_dtype)
         return LEARNERS.build(
             name, n_classes=stream.n_classes + n_novel, image_shape=stream.image_shape,
             class_attributes=class_attributes,
@@ -270,6 +276,10 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
         package = Path(__file__).parent
         evidence = {**git_revision(package), "source_sha256": source_digest(package), "device": describe_device(device)}
         write_text_atomic(json.dumps(evidence, indent=2), run_dir / "git.json")
+    calibration = calibration_settings(cfg["eval"].get("calibration"))  # calibrated GZSL; None: off
+    validation = None
+    if calibration is not None and calibration.val_per_category:  # seen images never trained on, for its gamma
+        stream, validation = split_validation(stream.to(device), calibration.val_per_category, seed)
     stream, source = build_source(cfg, stream.to(device), dist)
     seed_everything(seed)  # the initialisation does not depend on how much the stream drew
     learner = build_learner(cfg, stream, device, dist)
@@ -296,9 +306,12 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
                           checkpoint_every=int(cfg["train"]["checkpoint_every"]), loggers=tuple(loggers),
                           checkpointer=checkpointer, learning_speed=bool(ev_cfg.get("learning_speed", True)),
                           few_shot=ev_cfg.get("few_shot"), new_domain=ev_cfg.get("new_domain"),
-                          progress=bool(cfg.get("progress", True)) and dist.is_main, print_fn=print_fn, dist=dist)
+                          progress=bool(cfg.get("progress", True)) and dist.is_main, print_fn=print_fn, dist=dist,
+                          calibration=None if calibration is None else Calibrator(
+                              calibration, stream, seed, validation, int(ev_cfg["batch_size"])))
         card.timing["wall_s"] = time.perf_counter() - t_start
         card.memory_bytes = memory_bytes(learner)  # this process's share in a multi-process run
+        card.tags = stream.tags  # what the training images' attribute tags were (None: clean codes)
         if dist.multi:
             record = dist.record(learner)  # every process sends its part
             if not dist.is_main:  # rank 0 alone writes the run folder

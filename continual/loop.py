@@ -22,6 +22,7 @@ from continual.distributed import SINGLE, DistContext
 from continual.learner.base import Learner
 from continual.metrics import evaluate as ev
 from continual.metrics.anytime import AnytimeProbe, anytime_summary
+from continual.metrics.calibration import Calibrator
 from continual.metrics.novel import check_new_domain, new_domain_protocols
 from continual.metrics.report import ReportCard, format_experience_line
 from continual.stream.source import Batch, Begin, End, Epoch, Event
@@ -138,7 +139,8 @@ class _Run:
     def __init__(self, learner: Learner, stream, source, *, seed: int, eval_batch_size: int, eval_every: int,
                  eval_subset: torch.Tensor | None, anytime: AnytimeProbe | None, checkpoint_every: int,
                  loggers: tuple[ExperienceLogger, ...], checkpointer: Checkpointer | None, learning_speed: bool,
-                 few_shot: dict | None, new_domain: dict | None, print_fn, dist: DistContext) -> None:
+                 few_shot: dict | None, new_domain: dict | None, print_fn, dist: DistContext,
+                 calibration: Calibrator | None = None) -> None:
         if eval_every < 1:
             raise ValueError(f"eval.every must be >= 1 (experiences), got {eval_every}")
         if checkpoint_every < 0:
@@ -148,12 +150,15 @@ class _Run:
         self.batch_size, self.every, self.subset, self.anytime = eval_batch_size, eval_every, eval_subset, anytime
         self.checkpoint_every, self.loggers, self.checkpointer = checkpoint_every, loggers, checkpointer
         self.few_shot, self.new_domain, self.print = few_shot, new_domain, print_fn
+        self.calibration = calibration  # calibrated GZSL: gamma chosen as experiences arrive
         self.curve_on = learning_speed and source.told  # online streams have no experience to time k examples in
         self.result: ev.EvalPass | None = None  # the last evaluation of the test set
         T = stream.n_experiences
         if checkpointer is not None and checkpointer.exists():
             self.state = checkpointer.restore(checkpointer.read(), learner)
             self.train = TrainProgress(**self.state.progress)
+            if calibration is not None:
+                calibration.load_state_dict(self.state.calibration)
             print_fn(f"resuming from {checkpointer.path} at step {self.train.steps} "
                      f"(experience {self.train.experience + 1}/{T})")
         else:
@@ -178,6 +183,18 @@ class _Run:
     def _new_category_accuracy(self, experience: int) -> float:
         return self.evaluate(ev.new_category_accuracy, self.learner, self.stream, self.stream.experiences[experience],
                              self.batch_size)
+
+    def _descriptions(self) -> str | None:
+        """What an evaluation scores descriptions with for calibrated GZSL (None: calibration off)."""
+        if self.calibration is None or self.calibration.settings.scores == "attributes":
+            return None  # attributes: scored from the attribute log-likelihood the pass keeps anyway
+        return self.calibration.settings.scores
+
+    def begin(self, event: Begin) -> None:
+        """An experience arrives, not trained on yet: calibrated GZSL chooses its gamma from it (timed as evaluation)."""
+        if self.calibration is not None and self.source.told:
+            self.evaluate(self.calibration.arrive, self.learner, event.experience)
+            self.state.calibration = self.calibration.state_dict()
 
     def epoch(self, event: Epoch) -> None:
         """The learning curve of the new categories is sampled after k examples of each (first epoch)."""
@@ -209,11 +226,15 @@ class _Run:
         if evaluated:
             n_seen = sum(len(c) for c in stream.experiences[: e + 1])
             self.result = self.evaluate(ev.evaluate_pass, self.learner, stream, n_seen, self.batch_size,
-                                        None if e == T - 1 else self.subset)
+                                        None if e == T - 1 else self.subset, self._descriptions())
             state.R[e] = ev.accuracy_row(self.result, stream, e)
             zs = ev.zero_shot_accuracy(self.result, stream)
             state.czsl += [None] * (e - len(state.czsl))  # experiences not evaluated
             state.czsl.append(ev.generalised_zero_shot(self.result, stream, ev.unseen_after(stream, e)))
+            if self.calibration is not None:
+                state.czsl_calibrated += [None] * (e - len(state.czsl_calibrated))
+                state.czsl_calibrated.append(self.evaluate(self.calibration.gzsl, self.learner, self.result,
+                                                           ev.unseen_after(stream, e)))
             if self.few_shot and self.few_shot.get("every_experience"):
                 fs = ev.few_shot(self.result, stream, self.few_shot, self.seed)
         metrics = {"average_accuracy": sum(state.R[e][: e + 1]) / (e + 1) if evaluated else None,
@@ -238,7 +259,8 @@ class _Run:
         result = self.result
         if result is None or result.n_seen != n_all or len(result.y) != len(stream.test_y):
             # Resumed after the last evaluation: it is deterministic, redo it.
-            result = self.evaluate(ev.evaluate_pass, learner, stream, n_all, self.batch_size)
+            result = self.evaluate(ev.evaluate_pass, learner, stream, n_all, self.batch_size, None,
+                                   self._descriptions())
         if self.anytime is not None:  # the curve's last point, on the full test set (in place of one due there)
             last = self.evaluate(self.anytime.measure, learner, self.train.met, self.train.arrived, True)
             if state.anytime and state.anytime[-1]["samples"] == last["samples"]:
@@ -258,6 +280,11 @@ class _Run:
         )
         if self.anytime is not None:
             card.anytime = {**anytime_summary(state.anytime), "every": self.anytime.every}
+        if self.calibration is not None:
+            card.gzsl_calibrated = self.calibration.gzsl(learner, result, list(stream.heldout))
+            if card.gzsl_calibrated is not None:
+                card.gzsl_calibrated["chosen"] = self.calibration.history  # every gamma chosen, as the stream went
+            card.czsl_calibrated = ev.continual_zero_shot(state.czsl_calibrated)
         state.eval_s += time.perf_counter() - t_eval
         samples = sum(self.dist.gather(self.train.samples))  # by all processes together
         card.timing = {"train_s": state.train_s, "eval_s": state.eval_s, "train_samples": samples,
@@ -277,7 +304,8 @@ def run_stream(learner: Learner, stream, source, *, seed: int, eval_batch_size: 
                eval_subset: torch.Tensor | None = None, anytime: AnytimeProbe | None = None, checkpoint_every: int = 0,
                loggers: tuple[ExperienceLogger, ...] = (), checkpointer: Checkpointer | None = None,
                learning_speed: bool = True, few_shot: dict | None = None, new_domain: dict | None = None,
-               progress: bool = True, print_fn=print, dist: DistContext = SINGLE) -> ReportCard:
+               progress: bool = True, print_fn=print, dist: DistContext = SINGLE,
+               calibration: Calibrator | None = None) -> ReportCard:
     """Train ``learner`` on ``source`` (an experience or online stream over ``stream``) and return the report card.
 
     After every ``eval_every``-th experience (online: hidden segment) and the last, the test images of
@@ -287,16 +315,19 @@ def run_stream(learner: Learner, stream, source, *, seed: int, eval_batch_size: 
     only) and at every experience's end, and a run that finds a checkpoint continues from it, giving the
     numbers an uninterrupted run would have given. ``new_domain`` (the ``eval.new_domain`` settings)
     runs the protocols of ``continual.metrics.novel`` at the end when the stream has a never-trained
-    domain (``stream.novel``).
+    domain (``stream.novel``). ``calibration`` adds calibrated GZSL (``continual.metrics.calibration``): gamma
+    chosen as each experience arrives, the report's ``gzsl_calibrated`` and ``czsl_calibrated``.
     """
     run = _Run(learner, stream, source, seed=seed, eval_batch_size=eval_batch_size, eval_every=eval_every,
                eval_subset=eval_subset, anytime=anytime, checkpoint_every=checkpoint_every, loggers=loggers,
                checkpointer=checkpointer, learning_speed=learning_speed, few_shot=few_shot, new_domain=new_domain,
-               print_fn=print_fn, dist=dist)
+               print_fn=print_fn, dist=dist, calibration=calibration)
     bar = tqdm(total=source.n_steps(), initial=run.train.steps, desc="training", unit="step",
                disable=not progress, leave=False)
     for event in _timed(train_on(source, learner, run.train, dist), run.state):
-        if isinstance(event, Epoch):
+        if isinstance(event, Begin):
+            run.begin(event)
+        elif isinstance(event, Epoch):
             run.epoch(event)
         elif isinstance(event, Batch):
             bar.update(source.updates)

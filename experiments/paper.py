@@ -2,18 +2,21 @@
 
     python experiments/paper.py --results runs/paper --out paper/generated
 
-``--results`` (default ``runs/paper``) must hold ten sweeps, one folder each:
+``--results`` (default ``runs/paper``) must hold thirteen sweeps, one folder each:
 
     ablation/            memory.size x learner.attribute_weight x seeds
     init_ablation/       learner.attribute_init (true, false) x seeds, attribute heads on
     baselines/           learner names x seeds
     scaling/             benchmark.train_per_category x seeds
+    scaling_diversity/   benchmark.categories_per_experience (5 experiences: trained categories) x seeds
     omniglot/            one or more runs with benchmark.name == omniglot
     one_look/            mechanism variants (configs/mechanism/, full and before among them) x seeds, world
     one_look_long_tail/  the same on a long-tailed world
     one_look_omniglot/   the same on Omniglot with whole alphabets held out, x alphabet folds
     online/              learners x seeds on an online (i-Blurry) stream of the world, equal memory.budget
     online_omniglot/     the same on Omniglot
+    tags/                benchmark.tags.rate x benchmark.tags.wrong x learner.attribute_targets (votes, tags) x seeds
+    gzsl/                eval.calibration.scores (rows, attributes) x seeds: calibrated GZSL on the default world
 
 each produced by ``python experiments/train.py -m experiment=<name> hydra.sweep.dir=runs/paper/<name>``.
 Writes into ``--out``: ``*_table.tex`` (booktabs tabulars), figures (``.pdf`` for LaTeX, ``.png``
@@ -42,11 +45,14 @@ from continual.results import (  # noqa: E402
     LEARNING_SPEED_KS, ONE_LOOK_KINDS, Cell, Collection, Group, GroupSummary, Metric, Run, aggregate, collect_runs,
     format_cell, format_value, get_metric, group_runs, latex_escape, latex_table, markdown_table, one_look_study,
     plot_accuracy_curves, plot_anytime_curves, plot_bars, plot_learning_speed, plot_scaling, scaling_latex_table,
-    scaling_study, varying_keys, warnings_for,
+    scaling_per_n_table, scaling_study, summarize, varying_keys, warnings_for,
 )
+from continual.results.aggregate import metric_value  # noqa: E402
+from continual.results.tags import CALIBRATED_H, TAG_COMPARED, TAG_GOAL, TAG_ROLES, plot_tags, tags_study  # noqa: E402
+from continual.results.gzsl import GZSL_GOALS, GZSL_SCALES, gzsl_study  # noqa: E402
 
-SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "omniglot", "one_look", "one_look_long_tail",
-            "one_look_omniglot", "online", "online_omniglot")
+SECTIONS = ("ablation", "init_ablation", "baselines", "scaling", "scaling_diversity", "omniglot", "one_look",
+            "one_look_long_tail", "one_look_omniglot", "online", "online_omniglot", "tags", "gzsl")
 ABLATION_KEYS = ("memory.size", "learner.attribute_weight")
 NAMES = {"memory.size": "memory", "learner.attribute_weight": "attribute weight", "learner.name": "learner"}
 ABLATION_METRICS = ("A_T", "forgetting", "zero_shot", "gzsl_h", "gzsl_auc", "attributes", "few_shot_1shot")
@@ -363,17 +369,61 @@ def scaling(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[st
                  "scaling/ns": _list(ns), "scaling/values": str(len(ns)), "scaling/runs": str(len(c.runs)),
                  "scaling/seeds": _seeds_text(c),
                  "scaling/minsteps": format_value(c.runs[0].config.get("train", {}).get("min_steps", 0))})
+    put_fits(nums, "scaling", results)
+    return [write_text_atomic(scaling_latex_table(results), out / "scaling_table.tex"),
+            *plot_scaling(results, out / "scaling", formats=formats)]
+
+
+def put_fits(nums: dict[str, str], prefix: str, results: Sequence[Any]) -> None:
+    """Every scaling fit under ``prefix/<short>/``: ``a``, ``b`` (points per tenfold n), ``r2``, and the
+    two-segment fit's ``bend``, ``below`` and ``above`` slopes; ``n/a`` where there is no fit."""
     for r in results:
-        k = f"scaling/{SHORT.get(r.metric.key, r.metric.key)}"
+        k = f"{prefix}/{SHORT.get(r.metric.key, r.metric.key)}"
         f, s = r.fit, r.segment
         nums[f"{k}/a"] = "n/a" if f is None else f"{100 * f.a:.1f}"
         nums[f"{k}/b"] = "n/a" if f is None else f"{100 * f.b:.1f}"
-        nums[f"{k}/r2"] = "n/a" if f is None else f"{f.r2:.2f}"
+        nums[f"{k}/r2"] = "n/a" if f is None or f.r2 != f.r2 else f"{f.r2:.2f}"  # NaN: a constant metric
         nums[f"{k}/bend"] = "n/a" if s is None else format_value(s.breakpoint)
         nums[f"{k}/below"] = "n/a" if s is None else f"{100 * s.b_before:.1f}"
         nums[f"{k}/above"] = "n/a" if s is None else f"{100 * s.b_after:.1f}"
-    return [write_text_atomic(scaling_latex_table(results), out / "scaling_table.tex"),
-            *plot_scaling(results, out / "scaling", formats=formats)]
+
+
+DIVERSITY_PER_EXPERIENCE = "benchmark.categories_per_experience"
+
+
+def scaling_diversity(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Trained categories (5 experiences of 4..48 categories) x seeds at fixed images per category: the fits
+    against log10(categories), their table, mean ± std per size (numbers and table) and the figure."""
+    rerun = f" (`{command_for('scaling_diversity', c.roots[0].parent)}` runs it)"
+    others = [k for k in varying_keys(c.runs) if k != DIVERSITY_PER_EXPERIENCE]
+    if others:  # n_experiences fixed: the axis is diversity, not the number of tasks (configs/experiment/...)
+        raise PaperError(f"{c.roots[0]}: besides {DIVERSITY_PER_EXPERIENCE} the config keys {', '.join(others)} "
+                         f"vary; the diversity sweep must change only that one (and the seed)" + rerun)
+    try:
+        results = scaling_study(c.runs, axis="categories")
+    except ValueError as err:
+        raise PaperError(f"{c.roots[0]}: {err}" + rerun) from err
+    ns = sorted({n for r in results for n in r.n})
+    cfg = c.runs[0].flat
+    nums.update({"diversity/nmin": format_value(ns[0]), "diversity/nmax": format_value(ns[-1]),
+                 "diversity/ns": _list(ns), "diversity/values": str(len(ns)), "diversity/runs": str(len(c.runs)),
+                 "diversity/seeds": _seeds_text(c),
+                 "diversity/experiences": format_value(cfg.get("benchmark.n_experiences")),
+                 "diversity/perexperience": _list(sorted({r.flat[DIVERSITY_PER_EXPERIENCE] for r in c.runs})),
+                 "diversity/train": format_value(cfg.get("benchmark.train_per_category")),
+                 "diversity/heldout": format_value(cfg.get("benchmark.n_heldout")),
+                 "diversity/memory": format_value(cfg.get("memory.size")),
+                 "diversity/minsteps": format_value(cfg.get("train.min_steps", 0))})
+    put_fits(nums, "diversity", results)
+    for r in results:  # at the smallest and the largest n: mean ± std over seeds, and the worst seed
+        for end, n in (("min", ns[0]), ("max", ns[-1])):
+            values = [y for x, y in zip(r.n, r.y) if x == n]
+            key = f"diversity/{SHORT.get(r.metric.key, r.metric.key)}/{end}"
+            put_cell(nums, key, summarize(values), r.metric)
+            nums[f"{key}/worst"] = _fmt(min(values), r.metric) if values else "n/a"
+    return [write_text_atomic(scaling_latex_table(results), out / "diversity_table.tex"),
+            write_text_atomic(scaling_per_n_table(results, "categories", "latex"), out / "diversity_sizes_table.tex"),
+            *plot_scaling(results, out / "diversity", "categories", formats=formats)]
 
 
 def omniglot(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
@@ -396,6 +446,51 @@ def omniglot(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[s
     nums["omniglot/heldout"] = format_value(bench.get("heldout_per_alphabet"))
     return [write_text_atomic(latex_table(aggregate(groups, OMNIGLOT_METRICS), OMNIGLOT_METRICS, NAMES,
                                           f"{len(c.runs)} runs"), out / "omniglot_table.tex")]
+
+
+def noisy_tags(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Tag rate x tag noise x attribute targets x seeds (``continual.results.tags``): table, figure, numbers
+    per cell (``tags/rate=30/wrong=20/targets=votes/ZS``), the clean and target cells of each target
+    (``tags/targets=votes/target/ZS/pm``, the worst seed, the comparison with clean and with the goal), the
+    two targets compared at the target cell, and the shares of tags the runs actually drew there."""
+    rerun = f" (`{command_for('tags', c.roots[0].parent)}` runs it)"
+    try:
+        study = tags_study(c.runs)
+        study.require(TAG_ROLES, TAG_COMPARED)
+    except ValueError as err:
+        raise PaperError(f"{c.roots[0]}: {err}" + rerun) from err
+    for s in study.summaries:
+        put_summary(nums, f"tags/{study.key(s)}", s)
+    zs = get_metric("zero_shot")
+    at_target = {}
+    for v in TAG_COMPARED:
+        prefix = f"tags/targets={v}"
+        cells = {role: study.cell(rate, noise, v) for role, (rate, noise) in TAG_ROLES.items()}
+        for role, s in cells.items():
+            put_summary(nums, f"{prefix}/{role}", s)
+            put_cell(nums, f"{prefix}/{role}/calH", s.cells[CALIBRATED_H.key], CALIBRATED_H)  # a name of its own
+            values = s.cells[zs.key].values
+            nums[f"{prefix}/{role}/ZS/worst"] = _fmt(min(values), zs) if values else "n/a"
+        put_comparisons(nums, f"{prefix}/target", cells["target"], cells["clean"], study.metrics)
+        nums[f"{prefix}/target/ZS/vsgoal"] = _compare(_rounded(cells["target"].cells[zs.key].mean, zs),
+                                                      _rounded(TAG_GOAL, zs), ("above", "below", "at"))
+        at_target[v] = cells["target"]
+    put_comparisons(nums, "tags/votes", at_target["votes"], at_target["tags"], study.metrics)  # votes vs own tags
+    drawn = at_target["votes"].group.runs  # what the target cell's runs drew (report.json's tags)
+    for key, path in (("tagged", "tags.images_tagged"), ("wrongshare", "tags.tags_wrong"),
+                      ("votesright", "tags.description_accuracy")):
+        put_cell(nums, f"tags/target/{key}", summarize([metric_value(r.report, path) for r in drawn]), get_metric(path))
+    chance = summarize([metric_value(r.report, "zero_shot.chance") for r in c.runs])
+    nums.update({"tags/rates": _list([round(100 * r, 6) for r in sorted(study.rates)]),
+                 "tags/noises": _list([round(100 * n, 6) for n in study.noises]),
+                 "tags/goal": _fmt(TAG_GOAL, zs), "tags/chance": _fmt(chance.mean, zs),
+                 "tags/seeds": _seeds_text(c), "tags/runs": str(len(c.runs)),
+                 "tags/target/rate": format_value(round(100 * TAG_ROLES["target"][0], 6)),
+                 "tags/target/wrong": format_value(round(100 * TAG_ROLES["target"][1], 6))})
+    comment = f"{len(c.runs)} runs"
+    return [write_text_atomic(study.latex_table(comment), out / "tags_table.tex"),
+            write_text_atomic(study.markdown_table() + "\n", out / "tags_table.md"),
+            *plot_tags(study, out / "tags", formats=formats)]
 
 
 # The one-look sweeps: which kind of study each folder holds, and the variants the prose compares
@@ -515,12 +610,54 @@ def online_builder(section: str) -> Callable[[Collection, Path, dict, Sequence[s
     return build
 
 
+def gzsl(c: Collection, out: Path, nums: dict[str, str], formats: Sequence[str]) -> list[Path]:
+    """Calibrated GZSL (``continual.results.gzsl``): attribute compatibility alone against calibrated stacking on
+    each common scale. Table; numbers per row and column (``gzsl/<row>/<column>``, rows ``plain``, ``prototypes``
+    (the main scale), ``rows``, ``attributes``; columns seen, unseen, H, AUSUC, mH, mAUSUC, gamma), the worst seed
+    of each calibrated row, the main scale against the baseline and against issue 11's targets, and the runs'
+    A_T and zero-shot."""
+    rerun = f" (`{command_for('gzsl', c.roots[0].parent)}` runs it)"
+    try:
+        study = gzsl_study(c.runs)
+        main = study.row(GZSL_SCALES[0])
+    except (ValueError, KeyError) as err:
+        raise PaperError(f"{c.roots[0]}: {err}" + rerun) from err
+    for row in study.rows:
+        for column, cell in row.cells.items():
+            put_cell(nums, f"gzsl/{row.name}/{column}", cell, row.metrics[column])
+            if row.name != "plain":
+                worst = study.worst_seed(row.name, column)
+                nums[f"gzsl/{row.name}/{column}/worst"] = _fmt(worst, row.metrics[column]) if worst is not None else "n/a"
+    plain = study.row("plain")
+    for column in ("seen", "unseen", "H", "AUSUC", "mH", "mAUSUC"):
+        m = main.metrics[column]
+        a, b = _rounded(main.cells[column].mean, m), _rounded(plain.cells[column].mean, m)
+        nums[f"gzsl/{column}/cmp"] = _compare(a, b, ("higher than", "lower than", "the same as"))
+        nums[f"gzsl/{column}/diff"] = "n/a" if a is None or b is None else _fmt(abs(a - b) / m.scale, m)
+    for column, goal in GZSL_GOALS.items():
+        m = main.metrics[column]
+        nums[f"gzsl/{column}/goal"] = _fmt(goal, m)
+        nums[f"gzsl/{column}/vsgoal"] = _compare(_rounded(main.cells[column].mean, m), _rounded(goal, m),
+                                                 ("above", "below", "at"))
+    (runs,) = aggregate([Group(settings={}, label_keys=[], runs=main.runs)], ["A_T", "zero_shot"])
+    put_summary(nums, "gzsl/runs", runs)  # gzsl/runs/AT, gzsl/runs/ZS (and gzsl/runs/runs)
+    cfg = main.runs[0].flat
+    nums.update({"gzsl/seeds": _seeds_text(c), "gzsl/n": str(len(c.runs)),
+                 "gzsl/percategory": format_value(cfg.get("eval.calibration.per_category")),
+                 "gzsl/seenfrom": latex_escape(format_value(cfg.get("eval.calibration.seen_from"))),
+                 "gzsl/memory": format_value(cfg.get("memory.size")),
+                 "gzsl/heldout": format_value(cfg.get("benchmark.n_heldout"))})
+    return [write_text_atomic(study.latex_table(f"{len(c.runs)} runs"), out / "gzsl_table.tex"),
+            write_text_atomic(study.markdown_table() + "\n", out / "gzsl_table.md")]
+
+
 # Cheapest first: a sweep of the wrong kind fails before any figure is drawn for the others.
 BUILDERS: dict[str, Callable[[Collection, Path, dict, Sequence[str]], list[Path]]] = {
     "omniglot": omniglot, "one_look_omniglot": one_look_builder("one_look_omniglot"),
     "one_look_long_tail": one_look_builder("one_look_long_tail"), "init_ablation": init_ablation,
     "online_omniglot": online_builder("online_omniglot"), "online": online_builder("online"), "ablation": ablation,
-    "baselines": baselines, "scaling": scaling, "one_look": one_look_builder("one_look")}
+    "baselines": baselines, "scaling": scaling, "scaling_diversity": scaling_diversity,
+    "one_look": one_look_builder("one_look"), "tags": noisy_tags, "gzsl": gzsl}
 
 
 # --------------------------------------------------------------------------------------------

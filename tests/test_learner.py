@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -92,8 +94,14 @@ def test_replay_is_mixed_into_each_step():
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_backbone_embeds_uint8_images(name):
-    net = BACKBONES.build(name, in_channels=3)
-    z = net(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
+    if getattr(BACKBONES.get(name), "inputs", "images") == "vectors":  # feature-vector backbones (mlp): float (B, F)
+        net = BACKBONES.build(name, in_channels=2048)
+        z = net(torch.randn(3, 2048))
+    else:
+        # Pretrained torchvision ones at 32 px: their default 224 px is ~50x the compute (tests/test_pretrained.py).
+        args = {"input_size": 32} if "input_size" in inspect.signature(BACKBONES.get(name)).parameters else {}
+        net = BACKBONES.build(name, in_channels=3, **args)
+        z = net(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
     assert z.shape == (3, net.embed_dim) and torch.isfinite(z).all()
 
 

@@ -59,12 +59,68 @@ def fake_online(root: Path, kind: str, seeds, rng: np.random.Generator, learners
     return paths
 
 
+# Known zero-shot per attribute target, tag rate and seed index (noise 0.2 takes 0.05 off): the votes above
+# the own tags at 30% tagged, and below the goal of 0.75 there, so the prose's words must follow.
+TAGS_ZS = {("votes", 1.0): (0.60, 0.70), ("votes", 0.3): (0.55, 0.65), ("votes", 0.03): (0.30, 0.40),
+           ("tags", 1.0): (0.60, 0.70), ("tags", 0.3): (0.35, 0.45), ("tags", 0.03): (0.20, 0.30)}
+
+
+def fake_tags(root: Path, seeds, rng: np.random.Generator, change: dict | None = None) -> list[Path]:
+    """A tags sweep (``configs/experiment/tags.yaml``, small): attribute targets (votes, own tags) x tag rate
+    (1, 0.3, 0.03) x noise (0, 0.2) x seeds, zero-shot from ``TAGS_ZS``, ``report.json``'s ``tags`` as the
+    world writes it (None for clean tags). ``change``: dotted overrides of every run's config."""
+    cells = [{"learner__descriptions": "tags", "learner__attribute_targets": v, "benchmark__tags__rate": r,
+              "benchmark__tags__wrong": w, "benchmark__tags__missing": 0.0, **(change or {})}
+             for v in ("votes", "tags") for r in (1.0, 0.3, 0.03) for w in (0.0, 0.2)]
+    paths = fake_sweep(root, cells, seeds, rng)
+    for p in paths:
+        cfg, report = (json.loads((p / f).read_text()) for f in ("config.json", "report.json"))
+        v, tags, i = cfg["learner"]["attribute_targets"], cfg["benchmark"]["tags"], list(seeds).index(cfg["seed"])
+        report["zero_shot"]["accuracy"] = TAGS_ZS[v, tags["rate"]][i] - (0.05 if tags["wrong"] else 0.0)
+        clean = tags["rate"] == 1.0 and tags["wrong"] == 0.0
+        report["tags"] = None if clean else {**tags, "images_tagged": tags["rate"] + 0.01 * i,
+                                             "tags_wrong": tags["wrong"], "description_accuracy": 1.0 - 0.1 * i,
+                                             "attribute_loss": "on"}
+        write_json_atomic(report, p / "report.json")
+    return paths
+
+
+# Known calibrated GZSL per common scale and seed index: the prototype scale above issue 11's H goal (60) and
+# below its AUSUC goal (70), the other scales below both, so the prose's words must follow.
+GZSL_CAL = {"prototypes": {"H": (0.70, 0.60), "AUSUC": (0.65, 0.55), "gamma": (2.0, 1.5)},
+            "rows": {"H": (0.50, 0.40), "AUSUC": (0.50, 0.40), "gamma": (2.5, 2.0)},
+            "attributes": {"H": (0.40, 0.30), "AUSUC": (0.45, 0.35), "gamma": (5.0, 4.0)}}
+
+
+def fake_gzsl(root: Path, seeds, rng: np.random.Generator, change: dict | None = None) -> list[Path]:
+    """A gzsl sweep (``configs/experiment/gzsl.yaml``, small): common scale (rows, attributes) x seeds, reports with
+    ``gzsl_calibrated`` and ``czsl_calibrated`` from ``GZSL_CAL`` and the uncalibrated continual means.
+    ``change``: dotted overrides of every run's config."""
+    cells = [{"eval__calibration__scores": scale, "eval__calibration__per_category": 20,
+              "eval__calibration__seen_from": "memory", **(change or {})} for scale in GZSL_CAL]
+    paths = fake_sweep(root, cells, seeds, rng)
+    for p in paths:
+        cfg, report = (json.loads((p / f).read_text()) for f in ("config.json", "report.json"))
+        k, i = GZSL_CAL[cfg["eval"]["calibration"]["scores"]], list(seeds).index(cfg["seed"])
+        h = k["H"][i]
+        report["gzsl"] |= {"mSA": 0.9, "mUA": 0.02, "mH": 0.04, "mAUSUC": 0.2, "n": 3}
+        report["gzsl_calibrated"] = {"gamma": k["gamma"][i], "source": "experience 3 arriving, seen from memory",
+                                     "scores": cfg["eval"]["calibration"]["scores"], "seen": h + 0.1,
+                                     "unseen": h - 0.1, "harmonic": h, "joint": h, "auc": k["AUSUC"][i], "chosen": []}
+        report["czsl_calibrated"] = {"mSA": 0.8, "mUA": h / 2, "mH": h / 2, "mAUSUC": k["AUSUC"][i] / 2, "mJA": 0.5,
+                                     "n": 3, "per_experience": []}
+        write_json_atomic(report, p / "report.json")
+    return paths
+
+
 def fake_paper_results(results: Path, rng: np.random.Generator, seeds=(0, 1)) -> Path:
-    """Every sweep ``experiments/paper.py`` reads, small: ``tests/test_results.py``'s eight, and the online
-    sweeps on the world (child, ER, DER++) and on Omniglot (child, ER)."""
+    """Every sweep ``experiments/paper.py`` reads, small: ``tests/test_results.py``'s nine, the online
+    sweeps on the world (child, ER, DER++) and on Omniglot (child, ER), and the noisy-tags sweep."""
     fake_offline_results(results, rng, seeds)
     fake_online(results / "online", "world", seeds, rng)
     fake_online(results / "online_omniglot", "omniglot", seeds, rng, learners=("child", "er"))
+    fake_tags(results / "tags", seeds, rng)
+    fake_gzsl(results / "gzsl", seeds, rng)
     return results
 
 
@@ -84,9 +140,14 @@ def test_generator_produces_everything_main_tex_uses(generated):
     # main.tex really uses the generated tree: tables, figures and numbers (guards against a parser that finds nothing).
     assert {"generated/numbers.tex", "generated/ablation_table.tex", "generated/baselines_table.tex",
             "generated/init_table.tex", "generated/scaling.pdf", "generated/accuracy_curves.pdf",
-            "generated/online_table.tex", "generated/online_omniglot_table.tex", "generated/online_anytime.pdf"} <= files
+            "generated/online_table.tex", "generated/online_omniglot_table.tex", "generated/online_anytime.pdf",
+            "generated/diversity.pdf", "generated/diversity_table.tex", "generated/diversity_sizes_table.tex",
+            "generated/tags.pdf", "generated/tags_table.tex", "generated/gzsl_table.tex"} <= files
     assert {"child/AT/pm", "scaling/AT/b", "setup/experiences", "init/on/k0/pm", "init/AT/cmp", "runs/devices",
-            "online/child/AUC/pm", "online/AUC/cmp", "online/N", "onlineomniglot/AUC/cmp"} <= keys
+            "online/child/AUC/pm", "online/AUC/cmp", "online/N", "onlineomniglot/AUC/cmp", "diversity/ZS/b",
+            "diversity/H/r2", "diversity/ZS/max/pm", "diversity/ZS/min/worst", "tags/targets=votes/target/ZS/pm",
+            "tags/votes/ZS/cmp", "tags/targets=votes/target/ZS/vsgoal", "gzsl/prototypes/H/pm", "gzsl/H/vsgoal",
+            "gzsl/plain/H/pm"} <= keys
     for f in files:
         assert (out / f.split("/", 1)[1]).is_file(), f
     numbers = _numbers(out / "numbers.tex")
@@ -101,14 +162,120 @@ def test_generator_produces_everything_main_tex_uses(generated):
     assert numbers["baselines/best/name"] == r"er\_ace"  # joint is an upper bound, not the best baseline
     assert numbers["omniglot/nway"] == "20" and numbers["ablation/memories"] == "0, 200"
     assert numbers["scaling/ns"] == "5, 10, 50, 100"
+    assert numbers["diversity/ns"] == "20, 40, 80, 160" and numbers["diversity/perexperience"] == "4, 8, 16, 32"
     # Every sweep's runs and the device setting of their configs (the fake baselines ran with device=cuda).
     assert numbers["runs/devices"] == (r"ablation: 8 runs, device auto; init\_ablation: 4 runs, device auto; "
                                        "baselines: 6 runs, device cuda; scaling: 8 runs, device auto; "
+                                       r"scaling\_diversity: 8 runs, device auto; "
                                        r"omniglot: 2 runs, device auto; one\_look: 6 runs, device auto; "
                                        r"one\_look\_long\_tail: 4 runs, device auto; "
                                        r"one\_look\_omniglot: 12 runs, device auto; online: 6 runs, device auto; "
-                                       r"online\_omniglot: 4 runs, device auto")  # folders without a machine name
-    assert numbers["runs/total"] == "60"
+                                       r"online\_omniglot: 4 runs, device auto; tags: 24 runs, device auto; "
+                                       "gzsl: 6 runs, device auto")
+    assert numbers["runs/total"] == "98"  # folders without a machine name: the config's device setting
+
+
+def test_diversity_numbers_table_and_refusal(generated, tmp_path):
+    """The diversity section's numbers are the runs': per-size means, the worst seed, and the slope of an
+    independent fit against log10(5 experiences x categories per experience); a sweep that also varies the
+    number of experiences is refused with its command."""
+    results, out, _ = generated
+    numbers = _numbers(out / "numbers.tex")
+    runs = collect_runs(results / "scaling_diversity").runs
+    per = [r.config["benchmark"]["categories_per_experience"] for r in runs]
+    zs = [r.report["zero_shot"]["accuracy"] for r in runs]
+    at_max = [y for k, y in zip(per, zs) if k == 32]
+    assert numbers["diversity/ZS/max"] == f"{100 * np.mean(at_max):.1f}"
+    assert numbers["diversity/ZS/max/worst"] == f"{100 * min(at_max):.1f}"
+    assert numbers["diversity/ZS/b"] == f"{100 * np.polyfit(np.log10(5 * np.array(per)), zs, 1)[0]:.1f}"
+    assert numbers["diversity/nmin"] == "20" and numbers["diversity/nmax"] == "160"
+    sizes = (out / "diversity_sizes_table.tex").read_text()
+    assert [line.split(" & ")[0] for line in sizes.splitlines() if " & 2 & " in line] == ["20", "40", "80", "160"]
+    bad = tmp_path / "scaling_diversity"
+    shutil.copytree(results / "scaling_diversity", bad)
+    cfg = json.loads((bad / "0" / "config.json").read_text())
+    cfg["benchmark"]["n_experiences"] = 10
+    write_json_atomic(cfg, bad / "0" / "config.json")
+    with pytest.raises(paper.PaperError, match="benchmark.n_experiences vary; the diversity sweep must change only"):
+        paper.scaling_diversity(collect_runs(bad), tmp_path / "out", {}, ("png",))
+
+
+def test_gzsl_numbers_table_and_refusal(generated, tmp_path):
+    """The calibrated-GZSL section: each row's numbers are its runs' (``GZSL_CAL``), the worst seed, the words
+    against the uncalibrated baseline and issue 11's goals; a sweep that varies more than the scale, or runs
+    without calibrated GZSL, are refused with the sweep's command."""
+    results, out, _ = generated
+    numbers = _numbers(out / "numbers.tex")
+    assert numbers["gzsl/prototypes/H"] == "65.0" and numbers["gzsl/prototypes/H/worst"] == "60.0"
+    assert numbers["gzsl/attributes/H"] == "35.0" and numbers["gzsl/attributes/AUSUC"] == "40.0"
+    assert numbers["gzsl/prototypes/seen"] == "75.0" and numbers["gzsl/prototypes/mH"] == "32.5"
+    assert numbers["gzsl/prototypes/gamma"] == "1.75" and numbers["gzsl/prototypes/gamma/std"] == "0.35"
+    assert numbers["gzsl/H/vsgoal"] == "above" and numbers["gzsl/AUSUC/vsgoal"] == "below"
+    assert numbers["gzsl/H/goal"] == "60.0" and numbers["gzsl/AUSUC/goal"] == "70.0"
+    # The baseline is the main scale's runs' uncalibrated GZSL (fake_report: H at most 45%).
+    rows = [r for r in collect_runs(results / "gzsl").runs
+            if r.config["eval"]["calibration"]["scores"] == "prototypes"]
+    plain_h = np.mean([r.report["gzsl"]["harmonic"] for r in rows])
+    assert numbers["gzsl/plain/H"] == f"{100 * plain_h:.1f}" and numbers["gzsl/H/cmp"] == "higher than"
+    assert numbers["gzsl/H/diff"] == f"{65.0 - float(numbers['gzsl/plain/H']):.1f}"
+    assert numbers["gzsl/rows/H"] == "45.0" and numbers["gzsl/rows/gamma"] == "2.25"
+    assert numbers["gzsl/seeds"] == "2" and numbers["gzsl/n"] == "6" and numbers["gzsl/percategory"] == "20"
+    table = (out / "gzsl_table.tex").read_text()
+    lines = [line for line in table.splitlines() if line.endswith(r"\\")][1:]
+    assert [line.split(" & ")[0] for line in lines] == ["attribute compatibility, uncalibrated",
+                                                        "descriptions mapped to memory prototypes, calibrated",
+                                                        "descriptions mapped to head rows, calibrated",
+                                                        "attribute likelihoods on the logit scale, calibrated"]
+    assert lines[0].split(" & ")[-1] == r"-- \\" and r"$65.0 \pm 7.1$" in lines[1]
+    bad = tmp_path / "gzsl"
+    shutil.copytree(results / "gzsl", bad)
+    cfg = json.loads((bad / "0" / "config.json").read_text())
+    cfg["memory"]["size"] = 500
+    write_json_atomic(cfg, bad / "0" / "config.json")
+    with pytest.raises(paper.PaperError, match=r"memory.size vary; a gzsl sweep must change only.*experiment=gzsl"):
+        paper.gzsl(collect_runs(bad), tmp_path / "out", {}, ("png",))
+    report = json.loads((results / "gzsl" / "1" / "report.json").read_text())
+    del report["gzsl_calibrated"]
+    shutil.rmtree(bad)
+    shutil.copytree(results / "gzsl", bad)
+    write_json_atomic(report, bad / "1" / "report.json")
+    with pytest.raises(paper.PaperError, match="runs without calibrated GZSL"):
+        paper.gzsl(collect_runs(bad), tmp_path / "out", {}, ("png",))
+
+
+def test_tags_numbers_follow_the_runs(generated):
+    """The noisy-tags section: cells, roles (clean; 30% tagged with 20% wrong), worst seed, the words against
+    clean, the goal and the other attribute target, and the shares the runs drew, all from ``TAGS_ZS``."""
+    results, out, _ = generated
+    numbers = _numbers(out / "numbers.tex")
+    assert numbers["tags/targets=votes/target/ZS"] == "55.0" and numbers["tags/targets=votes/target/ZS/worst"] == "50.0"
+    assert numbers["tags/targets=votes/clean/ZS"] == "65.0" and numbers["tags/targets=tags/target/ZS"] == "35.0"
+    assert numbers["tags/targets=votes/target/ZS/cmp"] == "lower than"  # than clean
+    assert numbers["tags/targets=votes/target/ZS/vsgoal"] == "below"  # the goal is 75
+    assert numbers["tags/votes/ZS/cmp"] == "higher than" and numbers["tags/votes/ZS/diff"] == "20.0"
+    assert numbers["tags/rate=3/wrong=0/targets=tags/ZS"] == "25.0"
+    assert numbers["tags/rates"] == "3, 30, 100" and numbers["tags/noises"] == "0, 20" and numbers["tags/goal"] == "75.0"
+    assert numbers["tags/target/tagged"] == "30.5" and numbers["tags/target/votesright"] == "95.0"
+    rows = [line for line in (out / "tags_table.tex").read_text().splitlines() if line.endswith(r"\\")][1:]
+    assert len(rows) == 12 and rows[0].startswith("1 & 0 & ")  # cleanest first
+
+
+@pytest.mark.parametrize("drop, change, match", [
+    ("tags", None, r"must compare learner.attribute_targets=votes,tags"),
+    (None, {"memory__size": 100}, r"memory.size vary; a tags sweep must change only"),
+])
+def test_tags_section_refuses_a_sweep_of_another_kind(tmp_path, drop, change, match):
+    paths = fake_tags(tmp_path / "tags", (0,), np.random.default_rng(0))
+    for p in paths:
+        cfg = json.loads((p / "config.json").read_text())
+        if cfg["learner"]["attribute_targets"] == drop:
+            shutil.rmtree(p)
+    if change:
+        cfg = json.loads((paths[0] / "config.json").read_text())
+        cfg["memory"]["size"] = change["memory__size"]
+        write_json_atomic(cfg, paths[0] / "config.json")
+    with pytest.raises(paper.PaperError, match=match + r".*experiment=tags"):
+        paper.noisy_tags(collect_runs(tmp_path / "tags"), tmp_path / "out", {}, ("png",))
 
 
 def test_init_ablation_table_and_numbers(generated):
@@ -514,9 +681,14 @@ def real_tiny(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
         "init_ablation": [*tiny, "memory.size=24", "learner.attribute_init=true,false", "seed=0,1"],
         "baselines": [*tiny, "memory.size=24", "learner=child,er,joint", "seed=0,1"],
         "scaling": [*tiny, "benchmark.train_per_category=4,8", "train.min_steps=2", "seed=0,1"],
+        "scaling_diversity": [*tiny, "benchmark.categories_per_experience=3,4", "seed=0,1"],  # 6 and 8 trained
         "one_look": [*tiny, "mechanism=full,before", "seed=0,1"],
         # Zipf counts 12, 6, then 5 each; without the experiment's 100 steps per experience (the balanced world's).
         "one_look_long_tail": [*tiny, "train.min_steps=0", "mechanism=full,before", "seed=0,1"],
+        # The clean and the target cells (30% tagged, 20% wrong) for both attribute targets.
+        "tags": [*tiny, "benchmark.tags.rate=1.0,0.3", "benchmark.tags.wrong=0.0,0.2",
+                 "learner.attribute_targets=votes,tags", "seed=0"],
+        "gzsl": [*tiny, "eval.calibration.scores=prototypes,rows,attributes", "seed=0,1"],
     }
     # Online: one pass, i-Blurry, a budget that holds about a third of the tiny world's images.
     sweeps["online"] = [*tiny, "memory.budget=100KB", "eval.anytime.every=24", "learner=child,er", "seed=0"]
@@ -536,7 +708,7 @@ def real_tiny(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert len(collect_runs(results / name).runs) == {"ablation": 8, "baselines": 6, "online": 2,
-                                                          "online_omniglot": 2}.get(name, 4), name
+                                                          "online_omniglot": 2, "tags": 8, "gzsl": 6}.get(name, 4), name
     rng = np.random.default_rng(0)
     fake_sweep(results / "omniglot", [{"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}],
                (0, 1), rng, {"n_way": 20})
@@ -556,6 +728,11 @@ def test_paper_from_real_tiny_sweeps(real_tiny):
     child = [r for r in collect_runs(results / "baselines").runs if r.config["learner"]["name"] == "child"]
     assert numbers["child/AT"] == f"{100 * np.mean([r.report['average_accuracy'] for r in child]):.1f}"
     assert numbers["ablation/memories"] == "0, 24" and numbers["scaling/ns"] == "4, 8"
+    assert numbers["diversity/ns"] == "6, 8" and numbers["diversity/experiences"] == "2"
+    gzsl = {r.config["seed"]: r.report for r in collect_runs(results / "gzsl").runs
+            if r.config["eval"]["calibration"]["scores"] == "prototypes"}
+    assert numbers["gzsl/prototypes/H"] == f"{100 * np.mean([g['gzsl_calibrated']['harmonic'] for g in gzsl.values()]):.1f}"
+    assert all(g["gzsl_calibrated"]["source"].startswith("experience 2 arriving") for g in gzsl.values())
     assert len(written) >= len(files)
 
 

@@ -113,8 +113,8 @@ def fake_sweep(root: Path, cells: Sequence[Mapping[str, Any]], seeds: Sequence[i
 
 
 def fake_paper_results(results: Path, rng: np.random.Generator, seeds: Sequence[int] = (0, 1)) -> Path:
-    """The eight sweeps ``experiments/paper.py`` reads, small: 2x2 ablation, description init on/off, 3 learners
-    (on device cuda, the others auto), 4 sizes, Omniglot, and the one-look variants on the world (3), the long
+    """The nine sweeps ``experiments/paper.py`` reads, small: 2x2 ablation, description init on/off, 3 learners
+    (on device cuda, the others auto), 4 sizes, 4 numbers of trained categories (20..160), Omniglot, and the one-look variants on the world (3), the long
     tail (2) and Omniglot (3, two alphabet folds)."""
     fake_sweep(results / "ablation", [{"memory__size": m, "learner__attribute_weight": w}
                                       for m in (0, 200) for w in (0, 1.0)], seeds, rng)
@@ -127,6 +127,8 @@ def fake_paper_results(results: Path, rng: np.random.Generator, seeds: Sequence[
     fake_sweep(results / "baselines", [{"learner__name": n, "device": "cuda"} for n in ("child", "er_ace", "joint")],
                seeds, rng)
     fake_sweep(results / "scaling", [{"benchmark__train_per_category": n} for n in (5, 10, 50, 100)], seeds, rng)
+    fake_sweep(results / "scaling_diversity", [{"benchmark__n_experiences": 5, "benchmark__categories_per_experience": k}
+                                               for k in (4, 8, 16, 32)], seeds, rng)
     fake_sweep(results / "omniglot", [{"benchmark__name": "omniglot", "benchmark__heldout_per_alphabet": 3}],
                seeds, rng, {"n_way": 20})
     fake_one_look(results / "one_look", "world", ["full", "no_bind", "before"], seeds, rng)

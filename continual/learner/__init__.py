@@ -10,6 +10,7 @@ from continual.learner import gdumb  # noqa: F401  (registers "gdumb")
 from continual.learner import icarl  # noqa: F401  (registers "icarl")
 from continual.learner import joint  # noqa: F401  (registers "joint")
 from continual.learner import lwf  # noqa: F401  (registers "lwf")
+from continual.learner import pretrained  # noqa: F401  (registers "resnet18", "resnet50", "resnet101", "vit_b_16")
 from continual.learner.backbones import BACKBONES
 from continual.learner.base import LEARNERS, Learner, Scores
 

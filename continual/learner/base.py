@@ -23,7 +23,8 @@ class Scores:
     """What a learner says about a batch of images at evaluation time."""
 
     class_logits: torch.Tensor  # (B, n_seen) over the categories trained so far
-    attribute_log_probs: torch.Tensor | None  # (B, A) per-attribute log-softmax, None without attribute heads
+    # (B, A) per-attribute log-softmax (continuous attributes: log-odds), None without attribute heads
+    attribute_log_probs: torch.Tensor | None
     embedding: torch.Tensor  # (B, D) for few-shot prototypes
 
 
@@ -71,6 +72,24 @@ class Learner(nn.Module):
     @torch.inference_mode()
     def scores(self, x: torch.Tensor) -> Scores:
         raise NotImplementedError
+
+    def description_scores(self, embedding: torch.Tensor, class_attributes: torch.Tensor, n_known: int,
+                           anchors: str = "prototypes") -> torch.Tensor | None:
+        """``(B, C)`` scores of the ``C`` categories described by ``class_attributes`` (C, A), from their
+        descriptions alone, on the scale of ``scores(x).class_logits`` for images of ``embedding`` (B, D),
+        with the first ``n_known`` categories known (what the map from descriptions is learned from;
+        ``anchors``: where it takes them, ``prototypes`` or ``rows``): how calibrated GZSL
+        (``continual.metrics.calibration``) scores unseen categories beside seen ones. None (the default)
+        when the learner has no such map."""
+        return None
+
+    def replay_examples(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(x, y)``: the images and labels the replay memory holds now (views, not copies), for
+        measurements that may use what the learner keeps; None without a memory or when it is empty."""
+        memory = getattr(self, "memory", None)
+        if memory is None or len(memory) == 0:
+            return None
+        return memory.x[: len(memory)], memory.y[: len(memory)]
 
     def checkpoint_state(self) -> dict:
         """Everything needed to continue training exactly: weights, optimiser, memory.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from continual.heads import GrowingClassHead
-from continual.learner.backbones import BACKBONES
+from continual.learner.backbones import BACKBONES, check_backbone
 from continual.learner.base import Learner, Scores
 
 
@@ -37,6 +37,17 @@ def check_non_negative(**values: float) -> None:
             raise ValueError(f"learner.{key} must be >= 0, got {value}")
 
 
+def check_backbone_inputs(backbone: str, image_shape: tuple[int, ...]) -> None:
+    """Fail naming ``learner.backbone`` when it cannot read the stream's inputs: images ``(C, H, W)`` or
+    feature vectors ``(F,)`` (a backbone says which in its factory's ``inputs``; images by default)."""
+    wants = getattr(BACKBONES.get(backbone), "inputs", "images")
+    got = "vectors" if len(image_shape) == 1 else "images"
+    if wants != got:
+        fits = [n for n in BACKBONES.names() if getattr(BACKBONES.get(n), "inputs", "images") == got]
+        raise ValueError(f"learner.backbone={backbone} reads {wants} but this stream's inputs are {got} of shape "
+                         f"{tuple(image_shape)}: use learner.backbone={' or '.join(fits)}")
+
+
 class ClassifierLearner(Learner):
     """A backbone and a growing category head trained by one optimiser; class-only ``scores``.
 
@@ -53,6 +64,10 @@ class ClassifierLearner(Learner):
             raise ValueError(f"learner.lr must be > 0, got {lr}")
         check_non_negative(weight_decay=weight_decay)
         self.backbone_name, self.backbone_args = backbone, dict(backbone_args or {})
+        check_backbone_inputs(backbone, image_shape)
+        if channels_last and len(image_shape) != 3:
+            raise ValueError(f"learner.channels_last lays out images (C, H, W); this stream's inputs have shape "
+                             f"{tuple(image_shape)}: set learner.channels_last=false")
         self.backbone = BACKBONES.build(backbone, in_channels=image_shape[0], **self.backbone_args)
         self.class_head = GrowingClassHead(self.backbone.embed_dim, n_classes, cosine_scale)
         self.channels_last = channels_last
@@ -63,8 +78,16 @@ class ClassifierLearner(Learner):
         self.optimizer_args = (optimizer, lr, weight_decay)
         self.reset_optimizer()
 
+    @staticmethod
+    def check_config(backbone: str = "small_cnn", backbone_args: dict | None = None, **_) -> None:
+        """Config-time check of ``learner.backbone`` and its arguments (a pretrained backbone's weights
+        file included), so that they fail before the run folder is touched; builds nothing."""
+        check_backbone(backbone, backbone_args)
+
     def reset_optimizer(self) -> None:
-        """A fresh optimiser over every parameter (no moments carried over)."""
+        """A fresh optimiser over every parameter (no moments carried over). Frozen parameters
+        (``requires_grad=False``: a frozen pretrained backbone) never get a gradient, so Adam and SGD
+        leave them as they are."""
         self.optimizer = make_optimizer(self.parameters(), *self.optimizer_args)
 
     def _autocast(self, device: torch.device):

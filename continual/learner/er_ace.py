@@ -37,9 +37,10 @@ class RecentReservoir:
     A dropped image writes to one spare row (never sampled) instead of branching on the host: no sync.
     """
 
-    def __init__(self, capacity: int, image_shape: tuple[int, ...], device: torch.device | str) -> None:
+    def __init__(self, capacity: int, image_shape: tuple[int, ...], device: torch.device | str,
+                 x_dtype: torch.dtype = torch.uint8) -> None:
         self.capacity = capacity
-        self.x = torch.zeros((capacity + 1, *image_shape), dtype=torch.uint8, device=device)
+        self.x = torch.zeros((capacity + 1, *image_shape), dtype=x_dtype, device=device)  # the memory's dtype
         self.y = torch.zeros(capacity + 1, dtype=torch.long, device=device)
         self.seen = 0  # images offered this experience (a host-side count)
         self.generator = torch.Generator(device=device)
@@ -84,7 +85,8 @@ class ERACELearner(ERLearner):
         super().__init__(n_classes=n_classes, image_shape=image_shape, memory=memory,
                          replay_batch_size=replay_batch_size, backbone=backbone, backbone_args=backbone_args,
                          optimizer=optimizer, lr=lr, weight_decay=weight_decay, amp=amp, channels_last=channels_last)
-        self.recent = None if online else RecentReservoir(memory.capacity, image_shape, memory.device)
+        self.recent = None if online else RecentReservoir(memory.capacity, image_shape, memory.device,
+                                                                 memory.x.dtype)
         if self.recent is not None:
             # Seeded from the global generator (set from the run's seed), after the weights are drawn.
             self.recent.generator.manual_seed(int(torch.randint(2**62, ())))

@@ -48,12 +48,14 @@ class HerdingExemplars:
     """
 
     def __init__(self, capacity: int, image_shape: tuple[int, ...], n_attributes: int,
-                 device: torch.device | str, seed: int = 0) -> None:
+                 device: torch.device | str, seed: int = 0, x_dtype: torch.dtype = torch.uint8,
+                 codes_dtype: torch.dtype = torch.long) -> None:
         self.capacity = capacity
         self.device = torch.device(device)
-        self.x = torch.zeros((capacity, *image_shape), dtype=torch.uint8, device=self.device)
+        # The dtypes of the run's memory (float for feature vectors or continuous attributes).
+        self.x = torch.zeros((capacity, *image_shape), dtype=x_dtype, device=self.device)
         self.y = torch.zeros(capacity, dtype=torch.long, device=self.device)
-        self.codes = torch.zeros((capacity, n_attributes), dtype=torch.long, device=self.device)
+        self.codes = torch.zeros((capacity, n_attributes), dtype=codes_dtype, device=self.device)
         self.rank = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.size = 0
         self._sample_gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -61,7 +63,8 @@ class HerdingExemplars:
     @classmethod
     def like(cls, memory: ClassBalancedReservoir) -> "HerdingExemplars":
         """An empty exemplar memory with ``memory``'s capacity, image shape, device and sampling state."""
-        out = cls(memory.capacity, tuple(memory.x.shape[1:]), memory.codes.shape[1], memory.device)
+        out = cls(memory.capacity, tuple(memory.x.shape[1:]), memory.codes.shape[1], memory.device,
+                  x_dtype=memory.x.dtype, codes_dtype=memory.codes.dtype)
         out._sample_gen.set_state(memory.state_dict()["sample_gen"])  # draws follow the run's seed
         return out
 
@@ -160,7 +163,7 @@ class ICaRLLearner(ClassifierLearner):
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
                        codes: torch.Tensor | None) -> None:
         if codes is None:
-            codes = torch.zeros((len(y), self.memory.codes.shape[1]), dtype=torch.long, device=y.device)
+            codes = torch.zeros((len(y), self.memory.codes.shape[1]), dtype=self.memory.codes.dtype, device=y.device)
         # Host reads are fine here: this runs once per experience, outside the hot loop.
         offered = dict(zip(*(t.tolist() for t in torch.unique(y, return_counts=True))))
         available = {**self.memory.class_counts(), **offered}

@@ -25,8 +25,9 @@ from continual.memory import ClassBalancedReservoir
 class SeenData:
     """Every training image seen so far (uint8), with labels, on the data's device. Unbounded."""
 
-    def __init__(self, image_shape: tuple[int, ...], device: torch.device | str) -> None:
-        self.x = torch.zeros((0, *image_shape), dtype=torch.uint8, device=device)
+    def __init__(self, image_shape: tuple[int, ...], device: torch.device | str,
+                 x_dtype: torch.dtype = torch.uint8) -> None:
+        self.x = torch.zeros((0, *image_shape), dtype=x_dtype, device=device)  # float for feature vectors
         self.y = torch.zeros(0, dtype=torch.long, device=device)
 
     def __len__(self) -> int:
@@ -67,7 +68,7 @@ class JointLearner(ClassifierLearner):
                          backbone_args=backbone_args, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          amp=amp, channels_last=channels_last)
         device = memory.device if memory is not None else "cpu"
-        self.memory = SeenData(image_shape, device)
+        self.memory = SeenData(image_shape, device, memory.x.dtype if memory is not None else torch.uint8)
         self.epochs, self.batch_size = epochs, batch_size
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:

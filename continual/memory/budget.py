@@ -14,7 +14,8 @@ What counts, found from the learner's attributes (nothing to declare per learner
   named after the tensor (``images``, ``labels``, ``attribute_codes``, ``logits``, ...), prefixed
   with the store's name unless it is ``memory`` (``recent_images``);
 - submodules without trainable weights: frozen copies (``teacher`` -> ``old_model``) and statistics
-  (``binding``'s running sums), their persistent tensors;
+  (``binding``'s running sums), their persistent tensors; not a frozen pretrained backbone, which is
+  the model itself (``counts_as_model``);
 - the learner's own persistent buffers (``label_counts``, ``class_means``);
 - tensors, and dicts or lists of tensors, kept as plain attributes (EWC's ``fisher`` and ``anchor``).
   Those two are empty until the first experience ends; at most (``PER_WEIGHT_STATE``) they hold one
@@ -139,7 +140,8 @@ def _trainable(module: nn.Module) -> bool:
 def _parts(learner: nn.Module, at_most: bool) -> dict[str, int]:
     parts: dict[str, int] = {}
     for name, child in learner.named_children():
-        if not _trainable(child):  # a frozen copy or statistics, not the model
+        # A frozen copy or statistics, not the model; a frozen pretrained backbone (``counts_as_model``) is the model.
+        if not _trainable(child) and not getattr(child, "counts_as_model", False):
             parts[MODULE_PARTS.get(name, name)] = sum(t.nbytes for t in _tensors(child.state_dict()))
     for name, buffer in learner.named_buffers(recurse=False):
         if buffer is not None and name not in learner._non_persistent_buffers_set:

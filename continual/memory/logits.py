@@ -21,9 +21,12 @@ class LogitReservoir(ClassBalancedReservoir):
     """``ClassBalancedReservoir`` plus ``(capacity, n_classes)`` float32 logits and their valid widths."""
 
     def __init__(self, capacity: int, image_shape: tuple[int, ...], n_classes: int, n_attributes: int = 0,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
-        # One more code column than the stream's attributes: the provenance of each example.
-        super().__init__(capacity, image_shape, n_attributes + 1, device=device, seed=seed)
+                 device: torch.device | str = "cpu", seed: int = 0, x_dtype: torch.dtype = torch.uint8,
+                 codes_dtype: torch.dtype = torch.long) -> None:
+        # One more code column than the stream's attributes: the provenance of each example (in the codes'
+        # dtype: float codes hold slot numbers exactly up to 2**24).
+        super().__init__(capacity, image_shape, n_attributes + 1, device=device, seed=seed, x_dtype=x_dtype,
+                         codes_dtype=codes_dtype)
         self.n_attributes = n_attributes
         self.logits = torch.zeros((capacity, n_classes), dtype=torch.float32, device=self.device)
         self.n_logits = torch.zeros(capacity, dtype=torch.long, device=self.device)
@@ -32,7 +35,8 @@ class LogitReservoir(ClassBalancedReservoir):
     def like(cls, memory: ClassBalancedReservoir, n_classes: int) -> "LogitReservoir":
         """An empty logit reservoir with ``memory``'s capacity, image shape, device and random state."""
         image_shape = tuple(memory.x.shape[1:])
-        out = cls(memory.capacity, image_shape, n_classes, memory.codes.shape[1], device=memory.device)
+        out = cls(memory.capacity, image_shape, n_classes, memory.codes.shape[1], device=memory.device,
+                  x_dtype=memory.x.dtype, codes_dtype=memory.codes.dtype)
         state = memory.state_dict()  # the generator states, so the same seed keeps the same draws
         out._update_gen.set_state(state["update_gen"])
         out._sample_gen.set_state(state["sample_gen"])
@@ -47,13 +51,13 @@ class LogitReservoir(ClassBalancedReservoir):
             raise ValueError("LogitReservoir.update needs the offered examples' logits")
         n = len(y)
         if codes is None:
-            codes = torch.zeros((n, self.n_attributes), dtype=torch.long, device=y.device)
+            codes = torch.zeros((n, self.n_attributes), dtype=self.codes.dtype, device=y.device)
         # Provenance: stored rows point at their slot, offered rows at capacity + their index.
         self.codes[: self.size, -1] = torch.arange(self.size, device=self.device)
-        offered_ids = torch.arange(self.capacity, self.capacity + n, device=y.device)
+        offered_ids = torch.arange(self.capacity, self.capacity + n, device=y.device, dtype=codes.dtype)
         super().update(x, y, torch.cat([codes, offered_ids[:, None]], dim=1))
 
-        source = self.codes[: self.size, -1]  # (size,) provenance of every kept example
+        source = self.codes[: self.size, -1].long()  # (size,) provenance of every kept example
         is_new = source >= self.capacity
         padded = torch.zeros((n, self.logits.shape[1]), dtype=torch.float32, device=self.device)
         padded[:, : logits.shape[1]] = logits.float().to(self.device)  # (N, n_classes)
@@ -73,7 +77,7 @@ class LogitReservoir(ClassBalancedReservoir):
             raise ValueError("LogitReservoir.offer needs the offered examples' logits")
         n = len(y)
         if codes is None:
-            codes = torch.zeros((n, self.n_attributes), dtype=torch.long, device=y.device)
+            codes = torch.zeros((n, self.n_attributes), dtype=self.codes.dtype, device=y.device)
         # The provenance column only matters inside ``update``, which rewrites it; online it stays 0.
         codes = torch.cat([codes, codes.new_zeros(n, 1)], dim=1)
         written = super().offer(x, y, y_host, codes)

@@ -60,14 +60,18 @@ class ClassBalancedReservoir:
     """
 
     def __init__(self, capacity: int, image_shape: tuple[int, ...], n_attributes: int = 0,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 device: torch.device | str = "cpu", seed: int = 0, x_dtype: torch.dtype = torch.uint8,
+                 codes_dtype: torch.dtype = torch.long) -> None:
         if capacity < 0:
             raise ValueError(f"memory.size must be >= 0, got {capacity}")
         self.capacity = capacity
         self.device = torch.device(device)
-        self.x = torch.zeros((capacity, *image_shape), dtype=torch.uint8, device=self.device)
+        # uint8 images by default; float32 for a stream of feature vectors (GBU), float codes for
+        # continuous attributes. Writes of another dtype are refused (``_check_dtypes``): a float
+        # feature silently cast into a uint8 slot would be garbage.
+        self.x = torch.zeros((capacity, *image_shape), dtype=x_dtype, device=self.device)
         self.y = torch.zeros(capacity, dtype=torch.long, device=self.device)
-        self.codes = torch.zeros((capacity, n_attributes), dtype=torch.long, device=self.device)
+        self.codes = torch.zeros((capacity, n_attributes), dtype=codes_dtype, device=self.device)
         self.y_host = torch.zeros(capacity, dtype=torch.long)  # (capacity,) mirror of ``y`` on the host
         self.size = 0
         self.seen: dict[int, int] = {}  # examples of each class offered so far
@@ -178,6 +182,7 @@ class ClassBalancedReservoir:
         """
         if self.capacity == 0:
             return None
+        self._check_dtypes(x, codes)
         if y_host.device.type != "cpu":
             raise ValueError(f"offer needs the labels on the host (y_host), got a tensor on {y_host.device}")
         if len(y_host) != len(y):
@@ -209,8 +214,9 @@ class ClassBalancedReservoir:
         """Offer a whole experience's examples; called once per experience, outside the hot loop."""
         if self.capacity == 0:
             return
+        self._check_dtypes(x, codes)
         if codes is None:
-            codes = torch.zeros((len(y), self.codes.shape[1]), dtype=torch.long, device=y.device)
+            codes = torch.zeros((len(y), self.codes.shape[1]), dtype=self.codes.dtype, device=y.device)
         old_y = self.y[: self.size]
         new_labels, new_counts = torch.unique(y, return_counts=True)
         held = self.class_counts()
@@ -242,6 +248,15 @@ class ClassBalancedReservoir:
         self.x[: self.size], self.y[: self.size], self.codes[: self.size] = xs, ys, cs
         self.y_host[: self.size] = ys.cpu()  # once per experience: a sync is fine here
         self._after_bulk_write()
+
+    def _check_dtypes(self, x: torch.Tensor, codes: torch.Tensor | None) -> None:
+        """Refuse examples whose images or codes are not of the memory's dtypes (host-side: no sync)."""
+        if x.dtype != self.x.dtype:
+            raise ValueError(f"the replay memory stores {self.x.dtype} inputs, got {x.dtype}: build it with "
+                             f"x_dtype={x.dtype} (the stream's train_x dtype)")
+        if codes is not None and codes.dtype != self.codes.dtype:
+            raise ValueError(f"the replay memory stores {self.codes.dtype} attribute codes, got {codes.dtype}: "
+                             f"build it with codes_dtype={codes.dtype} (float for continuous attributes)")
 
     def _after_bulk_write(self) -> None:
         """Re-index the mirror after ``update`` or a load; the largest classes of a full memory are full."""

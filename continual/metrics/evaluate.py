@@ -27,15 +27,20 @@ class EvalPass:
     y: torch.Tensor  # (M,) host labels of the scored test images (all of them, or a fixed subsample)
     class_logits: torch.Tensor  # (M, n_seen)
     log_likelihood: torch.Tensor | None  # (M, C) attribute compatibility of every category
-    attribute_pred: torch.Tensor | None  # (M, n_attributes) most likely value per attribute
+    # (M, n_attributes) most likely value per attribute (long); continuous attributes: predicted degree (float)
+    attribute_pred: torch.Tensor | None
     embedding: torch.Tensor  # (M, D)
+    # (M, C) every category scored from its description on the class logits' scale (calibrated GZSL,
+    # continual.metrics.calibration); None unless asked for or where the learner has no such score
+    description_scores: torch.Tensor | None = None
 
 
 @torch.inference_mode()
 def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int = 512,
-                  subset: torch.Tensor | None = None) -> EvalPass:
+                  subset: torch.Tensor | None = None, descriptions: str | None = None) -> EvalPass:
     """Score every test image (or those of ``subset``, host indices) once, batched, in inference mode,
-    and bring the results to the host."""
+    and bring the results to the host; with ``descriptions`` (the anchors of ``Learner.description_scores``),
+    also every category from its description."""
     logits, log_liks, attr_preds, embeds = [], [], [], []
     class_attributes = stream.class_attributes() if stream.has_attributes else None
     idx = torch.arange(len(stream.test_y)) if subset is None else subset
@@ -46,11 +51,17 @@ def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int
         embeds.append(s.embedding)
         if s.attribute_log_probs is not None and class_attributes is not None:
             log_liks.append(attribute_log_likelihood(s.attribute_log_probs, class_attributes))
-            blocks = stream.attribute_space.sizes
-            attr_preds.append(torch.stack([b.argmax(1) for b in s.attribute_log_probs.split(blocks, 1)], 1))
+            if stream.attribute_space.continuous:  # log-odds -> the degree each attribute is predicted present
+                attr_preds.append(torch.sigmoid(s.attribute_log_probs))
+            else:
+                blocks = stream.attribute_space.sizes
+                attr_preds.append(torch.stack([b.argmax(1) for b in s.attribute_log_probs.split(blocks, 1)], 1))
     # Zero-shot needs descriptions that tell categories apart (Omniglot's one attribute, the
     # alphabet, does not): otherwise ties decide, and the scores are not reported.
     distinct = class_attributes is not None and len(torch.unique(class_attributes, dim=0)) == len(class_attributes)
+    descs = None  # once for all images: the map from descriptions is fitted once
+    if descriptions and n_seen and distinct:
+        descs = learner.description_scores(torch.cat(embeds), class_attributes, n_seen, descriptions)
     return EvalPass(
         n_seen=n_seen,
         y=stream.test_y.cpu()[idx],
@@ -58,6 +69,7 @@ def evaluate_pass(learner: Learner, stream: Stream, n_seen: int, batch_size: int
         log_likelihood=torch.cat(log_liks).cpu() if log_liks and distinct else None,
         attribute_pred=torch.cat(attr_preds).cpu() if attr_preds else None,
         embedding=torch.cat(embeds).cpu(),
+        description_scores=descs.cpu() if descs is not None else None,
     )
 
 
@@ -102,7 +114,8 @@ def zero_shot_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
 
 def generalised_zero_shot(ev: EvalPass, stream: Stream, unseen: list[int] | None = None) -> dict | None:
     """Choose among seen and ``unseen`` categories (default: the held-out ones) by attribute
-    compatibility; seen, unseen and H, and the calibration-free AUSUC."""
+    compatibility; seen, unseen and H, the calibration-free AUSUC, and the joint accuracy: per-class
+    accuracy over the test images of seen and unseen categories together (CZSL's JA)."""
     unseen = list(stream.heldout) if unseen is None else unseen
     if ev.log_likelihood is None or not unseen:
         return None
@@ -115,19 +128,26 @@ def generalised_zero_shot(ev: EvalPass, stream: Stream, unseen: list[int] | None
     u = _restricted_accuracy(ev.log_likelihood[unseen_idx], y[unseen_idx], candidates)
     idx = torch.cat([seen_idx, unseen_idx])
     auc = seen_unseen_auc(ev.log_likelihood[idx], y[idx], seen, unseen)
-    return {"seen": s, "unseen": u, "harmonic": harmonic_mean(s, u), "auc": auc}
+    joint = _restricted_accuracy(ev.log_likelihood[idx], y[idx], candidates)
+    return {"seen": s, "unseen": u, "harmonic": harmonic_mean(s, u), "auc": auc, "joint": joint}
 
 
 def continual_zero_shot(per_experience: list[dict | None]) -> dict | None:
     """The continual zero-shot means (Skorokhodov & Elhoseiny 2021; FIELD_GUIDE section 4) over the
     experiences evaluated: ``per_experience[t]`` is GZSL after experience t with seen = the categories
     trained so far and unseen = every later and held-out one (``generalised_zero_shot(ev, stream,
-    unseen_after(stream, t))``; None where not evaluated or nothing is unseen)."""
+    unseen_after(stream, t))``; None where not evaluated or nothing is unseen).
+
+    mJA, the mean joint accuracy, is taken over the same experiences (after the last one of a stream
+    without held-out categories nothing is unseen, so it is not among them); None for points recorded
+    before joint accuracy was (a run resumed from an older checkpoint)."""
     points = [p for p in per_experience if p is not None]
     if not points:
         return None
     mean = lambda key: sum(p[key] for p in points) / len(points)  # noqa: E731
+    joint = [p["joint"] for p in points if p.get("joint") is not None]
     return {"mSA": mean("seen"), "mUA": mean("unseen"), "mH": mean("harmonic"), "mAUSUC": mean("auc"),
+            "mJA": sum(joint) / len(joint) if len(joint) == len(points) else None,
             "n": len(points), "per_experience": per_experience}
 
 
@@ -161,9 +181,22 @@ def seen_unseen_auc(scores: torch.Tensor, target: torch.Tensor, seen: list[int],
 
 
 def attribute_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
-    """Accuracy of each attribute head over all test images (seen and held-out categories)."""
+    """Accuracy of each attribute head over all test images (seen and held-out categories).
+
+    Continuous attributes: per attribute, the binary accuracy of "present" at 0.5 (predicted degree
+    > 0.5 against the category's degree > 0.5); ``mean`` over attributes, and ``mean_abs_error``, the
+    mean absolute difference between predicted and described degrees (what a 0.5 threshold hides on
+    attributes that are rare everywhere, most of CUB's)."""
     if ev.attribute_pred is None:
         return None
+    if stream.attribute_space.continuous:
+        truth = stream.class_codes.cpu().float()[ev.y]  # (M, A) degrees in [0, 1]
+        pred = ev.attribute_pred.float()  # (M, A)
+        per_attribute = ((pred > 0.5) == (truth > 0.5)).float().mean(0)  # (A,)
+        out = dict(zip(stream.attribute_space.names, per_attribute.tolist()))
+        out["mean"] = float(per_attribute.mean())
+        out["mean_abs_error"] = float((pred - truth).abs().mean())
+        return out
     truth = stream.class_codes.cpu()[ev.y]  # (M, n_attributes)
     out = {name: float((ev.attribute_pred[:, k] == truth[:, k]).float().mean())
            for k, name in enumerate(stream.attribute_space.names)}

@@ -224,6 +224,10 @@ def _json_key(k: Any) -> str | int | float | bool | None:
     return str(k)
 
 
+# Left out of report.json while None: a run with calibration off writes the report it wrote before.
+CALIBRATED_FIELDS = ("gzsl_calibrated", "czsl_calibrated")
+
+
 @dataclass
 class ReportCard:
     """Every metric of one run; any of them is ``None`` when it does not apply to the learner.
@@ -240,9 +244,17 @@ class ReportCard:
     fwt_baseline: list[float | None] | None = None
     zero_shot: dict | None = None  # {"accuracy", "chance", "n_categories"}
     # {"seen", "unseen", "harmonic", "auc" (area under the seen-unseen curve)}; with the continual means over
-    # experiences (every later category unseen): "mSA", "mUA", "mH", "mAUSUC", "n", "per_experience"
+    # experiences (every later category unseen): "mSA", "mUA", "mH", "mAUSUC", "mJA", "n", "per_experience"
     gzsl: dict | None = None
-    attribute_accuracy: dict | None = None  # {attribute name: accuracy, ..., "mean": accuracy}
+    # Calibrated GZSL (continual.metrics.calibration; eval.calibration): seen on the category head, unseen from
+    # descriptions on its scale, seen minus gamma chosen without test data: {"gamma", "source", "scores", "seen",
+    # "unseen", "harmonic", "joint", "auc" (calibration-free, on that scale), "chosen": [every gamma chosen]};
+    # czsl_calibrated: its continual means {"mSA", "mUA", "mH", "mAUSUC", "mJA", "n", "per_experience"}.
+    # Both absent from report.json when calibration is off (CALIBRATED_FIELDS).
+    gzsl_calibrated: dict | None = None
+    czsl_calibrated: dict | None = None
+    # {attribute name: accuracy, ..., "mean": accuracy}; continuous attributes add "mean_abs_error"
+    attribute_accuracy: dict | None = None
     fine_grained: dict | None = None  # {"accuracy", "n_pairs"}
     long_tail: dict | None = None  # output of long_tail_accuracy
     learning_speed: dict | None = None  # {"k0", "k1", "k5", "k10", "area"}: accuracy after k examples
@@ -255,6 +267,9 @@ class ReportCard:
     anytime: dict | None = None
     timing: dict | None = None  # {"wall_s", "train_samples_per_s", "eval_share" (fraction)}
     memory_bytes: dict | None = None  # {part: bytes} the learner held at the end (continual.memory.budget)
+    # Attribute supervision as noisy tags (benchmark.tags; continual.stream.tags): {"rate", "wrong", "missing",
+    # the shares drawn, "attribute_loss": "on" or why it is off}; None for clean attribute codes.
+    tags: dict | None = None
     extra: dict = field(default_factory=dict)  # later metrics, by name
 
     @classmethod
@@ -280,7 +295,8 @@ class ReportCard:
 
     def to_dict(self) -> dict:
         """JSON-safe plain Python: NaN -> None, numpy numbers -> float/int."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (f.name in CALIBRATED_FIELDS and getattr(self, f.name) is None)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ReportCard":
@@ -437,8 +453,19 @@ def format_report(card: ReportCard) -> str:
     if g.get("mH") is not None:
         row("continual zero-shot", f"mH {_pct(g['mH'])}  (mSA {_pct(g['mSA'])}, mUA {_pct(g['mUA'])}); "
             f"mAUSUC {_pct(g['mAUSUC'])}  (means over {g['n']} experiences)")
+    if g.get("mJA") is not None:  # none in runs resumed from checkpoints older than joint accuracy
+        row("continual joint mJA", f"{_pct(g['mJA'])}  (seen and unseen categories together; "
+            f"mean over {g['n']} experiences)")
+    gc, cc = card.gzsl_calibrated, card.czsl_calibrated
+    if gc is not None:
+        row("GZSL, calibrated", f"H {_pct(gc.get('harmonic'))}  (seen {_pct(gc.get('seen'))}, unseen "
+            f"{_pct(gc.get('unseen'))}); gamma {gc.get('gamma', 0.0):.2f}; AUSUC {_pct(gc.get('auc'))} ({gc.get('scores')})")
+    if cc is not None and cc.get("mH") is not None:
+        row("continual ZSL, calibrated", f"mH {_pct(cc['mH'])}  (mSA {_pct(cc['mSA'])}, mUA {_pct(cc['mUA'])}); "
+            f"mAUSUC {_pct(cc['mAUSUC'])}")
 
-    attrs = {k: v for k, v in (card.attribute_accuracy or {}).items() if k != "mean"}
+    # Continuous attributes also carry the mean absolute error of the predicted degrees: not an attribute.
+    attrs = {k: v for k, v in (card.attribute_accuracy or {}).items() if k not in ("mean", "mean_abs_error")}
     mean_attr = (card.attribute_accuracy or {}).get("mean")
     if mean_attr is None:
         row("attribute accuracy", _MISSING)
@@ -446,6 +473,8 @@ def format_report(card: ReportCard) -> str:
         text = f"mean {_pct(mean_attr)}"
         if attrs:
             text += f" over {len(attrs)} attributes"
+        if (card.attribute_accuracy or {}).get("mean_abs_error") is not None:
+            text += f", mean abs error {card.attribute_accuracy['mean_abs_error']:.3f}"
         # Name the weakest attributes, as many as fit on the line (the full list is in JSON).
         worst: list[str] = []
         for v, k in sorted((v, k) for k, v in attrs.items() if v is not None)[:3]:

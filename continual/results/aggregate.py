@@ -64,8 +64,22 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("gzsl_seen", "GZSL seen (%)", r"GZSL $s$", "gzsl.seen"),
     _M("gzsl_unseen", "GZSL unseen (%)", r"GZSL $u$", "gzsl.unseen"),
     _M("gzsl_auc", "GZSL AUSUC (%)", "AUSUC", "gzsl.auc"),
+    _M("czsl_mSA", "continual ZSL mSA (%)", "mSA", "gzsl.mSA"),
+    _M("czsl_mUA", "continual ZSL mUA (%)", "mUA", "gzsl.mUA"),
     _M("czsl_mH", "continual ZSL mH (%)", "mH", "gzsl.mH"),
     _M("czsl_mAUSUC", "continual ZSL mAUSUC (%)", "mAUSUC", "gzsl.mAUSUC"),
+    _M("czsl_mJA", "continual ZSL mJA (%)", "mJA", "gzsl.mJA"),
+    # Calibrated GZSL (continual.metrics.calibration): seen on the category head, unseen from descriptions on
+    # its scale, seen minus gamma chosen without test data; AUSUC on that scale; and the continual means.
+    _M("gzsl_cal_h", "calibrated GZSL H (%)", r"cal.\ $H$", "gzsl_calibrated.harmonic"),
+    _M("gzsl_cal_seen", "calibrated GZSL seen (%)", r"cal.\ $s$", "gzsl_calibrated.seen"),
+    _M("gzsl_cal_unseen", "calibrated GZSL unseen (%)", r"cal.\ $u$", "gzsl_calibrated.unseen"),
+    _M("gzsl_cal_auc", "calibrated-scale AUSUC (%)", r"cal.\ AUSUC", "gzsl_calibrated.auc"),
+    _M("gzsl_gamma", "calibration gamma", r"$\gamma$", "gzsl_calibrated.gamma", "ratio", None, 2),
+    _M("czsl_cal_mSA", "calibrated continual ZSL mSA (%)", r"cal.\ mSA", "czsl_calibrated.mSA"),
+    _M("czsl_cal_mUA", "calibrated continual ZSL mUA (%)", r"cal.\ mUA", "czsl_calibrated.mUA"),
+    _M("czsl_cal_mH", "calibrated continual ZSL mH (%)", r"cal.\ mH", "czsl_calibrated.mH"),
+    _M("czsl_cal_mAUSUC", "calibrated continual ZSL mAUSUC (%)", r"cal.\ mAUSUC", "czsl_calibrated.mAUSUC"),
     _M("attributes", "attributes (%)", "attributes", "attribute_accuracy.mean"),
     _M("fine_grained", "fine-grained (%)", "fine-grained", "fine_grained.accuracy"),
     _M("learning_speed", "learning-speed area (%)", "LS area", "learning_speed.area"),
@@ -99,7 +113,9 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
 # long-tail split, never-trained alphabets).
 _NOT_DEFAULT = {"long_tail_tail", "long_tail_head", "long_tail_medium", "tail_head", "lake_error", "meet_10",
                 "meet_50", "meet_all", "speed_k0", "speed_k1", "speed_k5", "speed_k10", "A_AUC", "A_last", "F_last",
-                "czsl_mH", "czsl_mAUSUC",
+                "czsl_mSA", "czsl_mUA", "czsl_mH", "czsl_mAUSUC", "czsl_mJA",
+                "gzsl_cal_h", "gzsl_cal_seen", "gzsl_cal_unseen", "gzsl_cal_auc", "gzsl_gamma",
+                "czsl_cal_mSA", "czsl_cal_mUA", "czsl_cal_mH", "czsl_cal_mAUSUC",
                 "memory_mb"}
 DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in _NOT_DEFAULT)
 

@@ -1,5 +1,10 @@
 """Scaling with data: fit ``metric = a + b · log10(n)`` over a sweep of training-set sizes n.
 
+Two axes of "data" (``AXES``): ``images``, training images per category (``benchmark.train_per_category``),
+and ``categories``, the number of trained categories at fixed images per category (``benchmark.n_experiences``
+× ``benchmark.categories_per_experience``, read from each run's config): the diversity of attribute
+combinations the learner saw. Any numeric config key, or a product of keys ``a*b``, is an axis too.
+
 Sun et al. (ICCV 2017) found performance growing linearly in the log of the data volume. The fit
 here is ordinary least squares over every (n, seed) point (not over per-n means, so a size with
 more seeds weighs more and R² reflects the seed noise too). ``b`` is the gain per tenfold data.
@@ -21,25 +26,83 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from continual.results.aggregate import Metric, get_metric, metric_value
+from continual.results.aggregate import Metric, get_metric, metric_value, summarize
 from continual.results.collect import ABSENT, Run, format_value, varying_keys
+from continual.results.tables import NA, format_cell
 
 __all__ = [
-    "DEFAULT_SCALING_METRICS", "LogFit", "ScalingResult", "SegmentFit", "check_scaling_sweep", "fit_log_linear",
-    "fit_two_segment", "plot_scaling", "scaling_latex_table", "scaling_markdown", "scaling_study",
-    "scaling_to_dict",
+    "AXES", "DEFAULT_SCALING_METRICS", "DIVERSITY_METRICS", "LogFit", "ScalingAxis", "ScalingResult", "SegmentFit",
+    "check_scaling_sweep", "fit_log_linear", "fit_two_segment", "get_axis", "plot_scaling", "scaling_latex_table",
+    "scaling_markdown", "scaling_per_n_table", "scaling_study", "scaling_to_dict",
 ]
 
 X_KEY = "benchmark.train_per_category"
+CATEGORY_KEYS = ("benchmark.n_experiences", "benchmark.categories_per_experience")
 DEFAULT_SCALING_METRICS: tuple[str, ...] = ("A_T", "zero_shot", "few_shot_1shot")
+# Composition needs diverse combinations: what zero-shot, GZSL and the attribute heads make of more of them.
+DIVERSITY_METRICS: tuple[str, ...] = ("zero_shot", "gzsl_h", "gzsl_auc", "attributes", "A_T")
 MIN_SEGMENT_VALUES = 4  # distinct n needed before a two-segment fit can say anything
+
+
+@dataclass(frozen=True)
+class ScalingAxis:
+    """What a scaling sweep varies: n is the product of a run's config values at ``keys`` (one key: its value)."""
+
+    name: str
+    keys: tuple[str, ...]
+    label: str  # the plot's x axis, before "(log scale)"
+    metrics: tuple[str, ...] = DEFAULT_SCALING_METRICS  # what ``scaling_study`` fits unless told
+    title: str = "Scaling with data"  # the Markdown report's heading
+
+    @property
+    def key(self) -> str:
+        """The keys as one string, ``a*b`` for a product (``scaling.json``'s ``x_key``)."""
+        return "*".join(self.keys)
+
+    def describe(self) -> str:
+        """Markdown: ```key``` for one key; ``label = `a` × `b``` for a product."""
+        keys = " × ".join(f"`{k}`" for k in self.keys)
+        return keys if len(self.keys) == 1 else f"{self.label.removesuffix(' n')} = {keys}"
+
+    def value(self, run: Run) -> float | None:
+        """The run's n, or None when a key is missing or not a number."""
+        n = 1.0
+        for k in self.keys:
+            v = run.flat.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return None
+            n *= float(v)
+        return n
+
+
+AXES: dict[str, ScalingAxis] = {
+    "images": ScalingAxis("images", (X_KEY,), f"{X_KEY.rsplit('.', 1)[-1]} n"),
+    "categories": ScalingAxis("categories", CATEGORY_KEYS, "trained categories n", DIVERSITY_METRICS,
+                              "Scaling with diversity"),
+}
+
+
+def get_axis(axis: str | ScalingAxis) -> ScalingAxis:
+    """An axis by name (``AXES``), or from a dotted config key, or a product of keys (``a*b``)."""
+    if isinstance(axis, ScalingAxis):
+        return axis
+    if axis in AXES:
+        return AXES[axis]
+    keys = tuple(k.strip() for k in str(axis).split("*"))
+    if all(k and "." in k for k in keys):  # every config key a run's config.json flattens to is dotted
+        label = f"{keys[0].rsplit('.', 1)[-1]} n" if len(keys) == 1 else " × ".join(keys) + " n"
+        return ScalingAxis(str(axis), keys, label)
+    raise ValueError(f"unknown scaling axis {axis!r}; known: {', '.join(AXES)}, or a dotted config key "
+                     f"(e.g. {X_KEY}) or a product of keys (e.g. {'*'.join(CATEGORY_KEYS)})")
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     """Coefficient of determination; NaN when ``y`` is constant (nothing to explain)."""
+    if np.all(y == y[0]):  # tested exactly: around a float mean such as 0.9's, ss_tot is rounding, not spread
+        return math.nan
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     ss_res = float(np.sum((y - pred) ** 2))
-    return 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    return 1.0 - ss_res / ss_tot
 
 
 def _validated(n: Sequence[float], y: Sequence[float], need: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -128,42 +191,55 @@ class ScalingResult:
     reason: str = ""  # why there is no fit
 
 
-def check_scaling_sweep(runs: Sequence[Run], x_key: str = X_KEY) -> list[float]:
-    """The sweep's distinct n, after checking it is a sweep over ``x_key`` (and seeds) only.
+def check_scaling_sweep(runs: Sequence[Run], axis: str | ScalingAxis = X_KEY) -> list[float]:
+    """The sweep's distinct n, after checking it is a sweep over ``axis`` (and seeds) only.
 
-    Raises ``ValueError`` when a run lacks ``x_key``, when fewer than 2 distinct n exist, or when
-    another config key varies within one n (the points would mix different experiments).
+    Raises ``ValueError`` when a run lacks one of the axis' keys, when fewer than 2 distinct n exist,
+    or when another config key varies within one n (the points would mix different experiments; for
+    a product axis that includes its own keys: 5 experiences of 8 categories and 10 of 4 are both 40).
     """
+    ax = get_axis(axis)
     if not runs:
         raise ValueError("no completed runs to fit")
-    lacking = [str(r.path) for r in runs if not isinstance(r.flat.get(x_key), (int, float))]
+    lacking = [str(r.path) for r in runs if ax.value(r) is None]
     if lacking:
-        raise ValueError(f"{len(lacking)} run(s) have no numeric {x_key} in config.json: {', '.join(lacking[:5])}")
-    ns = sorted({float(r.flat[x_key]) for r in runs})
+        raise ValueError(f"{len(lacking)} run(s) have no numeric {' and '.join(ax.keys)} in config.json: "
+                         f"{', '.join(lacking[:5])}")
+    ns = sorted({ax.value(r) for r in runs})
     if len(ns) < 2:
-        raise ValueError(f"the sweep has {len(ns)} distinct {x_key} ({', '.join(format_value(v) for v in ns)}); "
+        raise ValueError(f"the sweep has {len(ns)} distinct {ax.key} ({', '.join(format_value(v) for v in ns)}); "
                          f"a fit against log10(n) needs at least 2 (e.g. python experiments/train.py -m "
-                         f"experiment=scaling)")
-    others = [k for k in varying_keys(runs) if k != x_key]
+                         f"experiment={'scaling_diversity' if ax.name == 'categories' else 'scaling'})")
+    others = [k for k in varying_keys(runs) if k not in ax.keys]
     if others:
         by_n: dict[float, set[tuple[str, ...]]] = {}
         for r in runs:
-            by_n.setdefault(float(r.flat[x_key]), set()).add(tuple(format_value(r.flat.get(k, ABSENT)) for k in others))
+            by_n.setdefault(ax.value(r), set()).add(tuple(format_value(r.flat.get(k, ABSENT)) for k in others))
         mixed = sorted(n for n, cells in by_n.items() if len(cells) > 1)
         if mixed:
-            raise ValueError(f"besides {x_key} and the seed, config keys {', '.join(others)} vary within "
-                             f"n = {', '.join(format_value(n) for n in mixed)}: the points would mix different "
+            raise ValueError(f"besides {' and '.join(ax.keys)} and the seed, config keys {', '.join(others)} vary "
+                             f"within n = {', '.join(format_value(n) for n in mixed)}: the points would mix different "
                              f"experiments; collect one experiment per scaling fit")
+    if len(ax.keys) > 1:
+        streams: dict[float, set[tuple[str, ...]]] = {}
+        for r in runs:
+            streams.setdefault(ax.value(r), set()).add(tuple(format_value(r.flat[k]) for k in ax.keys))
+        mixed = sorted(n for n, cells in streams.items() if len(cells) > 1)
+        if mixed:
+            raise ValueError(f"{' and '.join(ax.keys)} differ between runs of the same n = "
+                             f"{', '.join(format_value(n) for n in mixed)} ({ax.key}): the points would mix "
+                             f"different streams; vary one of the keys only")
     return ns
 
 
-def scaling_study(runs: Sequence[Run], metrics: Sequence[str | Metric] = DEFAULT_SCALING_METRICS,
-                  x_key: str = X_KEY) -> list[ScalingResult]:
-    """Fit every metric against log10(``x_key``) over all (n, seed) points of the runs."""
-    check_scaling_sweep(runs, x_key)
+def scaling_study(runs: Sequence[Run], metrics: Sequence[str | Metric] | None = None,
+                  axis: str | ScalingAxis = X_KEY) -> list[ScalingResult]:
+    """Fit every metric (default: the axis' own) against log10(n) over all (n, seed) points of the runs."""
+    ax = get_axis(axis)
+    check_scaling_sweep(runs, ax)
     out = []
-    for m in (get_metric(m) if isinstance(m, str) else m for m in metrics):
-        pts = [(float(r.flat[x_key]), metric_value(r.report, m)) for r in runs]
+    for m in (get_metric(m) if isinstance(m, str) else m for m in (ax.metrics if metrics is None else metrics)):
+        pts = [(ax.value(r), metric_value(r.report, m)) for r in runs]
         kept = [(n, y) for n, y in pts if y is not None]
         res = ScalingResult(m, [n for n, _ in kept], [y for _, y in kept], None, None, dropped=len(pts) - len(kept))
         if len({n for n, _ in kept}) < 2:
@@ -202,7 +278,7 @@ def _bend_text(r: ScalingResult) -> str:
             f"{100 * s.b_before:+.1f} then {100 * s.b_after:+.1f} pts per 10x (R² {s.r2:.3f})")
 
 
-def scaling_to_dict(results: Sequence[ScalingResult], x_key: str = X_KEY) -> dict:
+def scaling_to_dict(results: Sequence[ScalingResult], axis: str | ScalingAxis = X_KEY) -> dict:
     """JSON-safe summary: per metric the fit (report units: fractions), the bend and the points."""
     def clean(v: Any) -> Any:
         if isinstance(v, float):
@@ -213,8 +289,10 @@ def scaling_to_dict(results: Sequence[ScalingResult], x_key: str = X_KEY) -> dic
             return [clean(x) for x in v]
         return v
 
+    ax = get_axis(axis)
     return clean({
-        "x_key": x_key,
+        "axis": ax.name,
+        "x_key": ax.key,
         "model": "metric = a + b * log10(n), least squares over all (n, seed) points; values are fractions",
         "metrics": {r.metric.key: {
             "label": r.metric.label,
@@ -229,9 +307,10 @@ def scaling_to_dict(results: Sequence[ScalingResult], x_key: str = X_KEY) -> dic
     })
 
 
-def scaling_markdown(results: Sequence[ScalingResult], x_key: str = X_KEY) -> str:
+def scaling_markdown(results: Sequence[ScalingResult], axis: str | ScalingAxis = X_KEY) -> str:
     """A Markdown table of a, b (per tenfold n) and R², with the bend in words below it."""
-    lines = [f"Fit: metric = a + b · log10(n), n = `{x_key}`; least squares over every (n, seed) run.", "",
+    lines = [f"Fit: metric = a + b · log10(n), n = {get_axis(axis).describe()}; least squares over every "
+             f"(n, seed) run.", "",
              "| metric | a (%) | b (pts per 10× n) | R² | runs | n |", "|---|---|---|---|---|---|"]
     for r in results:
         if r.fit is None:
@@ -265,17 +344,44 @@ def scaling_latex_table(results: Sequence[ScalingResult]) -> str:
         r"\midrule", *rows, r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def plot_scaling(results: Sequence[ScalingResult], stem: str | Path, x_key: str = X_KEY,
+def scaling_per_n_table(results: Sequence[ScalingResult], axis: str | ScalingAxis = X_KEY,
+                        style: str = "markdown") -> str:
+    """Mean ± sample std over seeds of every metric at every n: one row per n (``markdown`` or ``latex``)."""
+    ax = get_axis(axis)
+    ns = sorted({n for r in results for n in r.n})
+    rows = []
+    for n in ns:
+        cells = []
+        for r in results:
+            values = [y for x, y in zip(r.n, r.y) if x == n]
+            cells.append(format_cell(summarize(values), r.metric, style) if values else NA)
+        runs = max(sum(x == n for x in r.n) for r in results)
+        rows.append([format_value(n), str(runs), *cells])
+    if style == "markdown":
+        head = [ax.label, "runs", *(r.metric.label for r in results)]
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                          *("| " + " | ".join(row) + " |" for row in rows)])
+    if style != "latex":
+        raise ValueError(f"style must be markdown or latex, got {style!r}")
+    head = ["$n$", "runs", *(r.metric.latex for r in results)]
+    return "\n".join([
+        "% generated by continual.results.scaling; do not edit",
+        r"\begin{tabular}{rr" + "c" * len(results) + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule",
+        *(" & ".join(row) + r" \\" for row in rows), r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def plot_scaling(results: Sequence[ScalingResult], stem: str | Path, axis: str | ScalingAxis = X_KEY,
                  formats: Sequence[str] = ("pdf", "png")) -> list[Path]:
     """One panel per metric on a log-n axis: every run (dots), mean ± std per n, the fitted line
     (solid) and the two-segment fit (dashed) where there is one."""
     from continual.results.figures import new_figure, save_figure
 
+    x_axis = get_axis(axis)
     fig = new_figure(4.0 * max(1, len(results)), 3.6)
     for k, r in enumerate(results):
         ax = fig.add_subplot(1, len(results), k + 1)
         ax.set_xscale("log")
-        ax.set_xlabel(f"{x_key.rsplit('.', 1)[-1]} n (log scale)")
+        ax.set_xlabel(f"{x_axis.label} (log scale)")
         ax.set_ylabel(r.metric.label)
         ax.grid(alpha=0.3, which="both")
         if r.fit is None:

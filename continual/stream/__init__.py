@@ -1,4 +1,5 @@
-"""Streams of novel categories: the embedded attribute world, Omniglot, any Avalanche benchmark. Registered by name."""
+"""Streams of novel categories: the embedded attribute world, Omniglot, CUB-200-2011, GBU feature splits (CUB,
+SUN, AwA2, aPY), any Avalanche benchmark. Registered by name."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def _world_schema() -> dict:
     from continual.config import dataclass_schema
     from continual.stream.render import RenderSettings
     from continual.stream.split import SplitSettings
+    from continual.stream.tags import TagSettings
 
-    return {**dataclass_schema(SplitSettings), "render": dataclass_schema(RenderSettings), "cache_dir": str | None}
+    return {**dataclass_schema(SplitSettings), "render": dataclass_schema(RenderSettings), "cache_dir": str | None,
+            "tags": dataclass_schema(TagSettings)}
 
 
 def _world_check(**cfg) -> None:
@@ -84,6 +87,55 @@ def _avalanche_check(**cfg) -> None:
 
 _avalanche.config_schema = _avalanche_schema
 _avalanche.check_config = _avalanche_check
+
+
+@BENCHMARKS.register("cub")
+def _cub(**cfg) -> Stream:
+    from continual.stream.cub import cub_stream_from_dict
+
+    return cub_stream_from_dict(cfg)
+
+
+def _cub_schema() -> dict:
+    from continual.config import signature_schema
+    from continual.stream.cub import build_cub_stream
+
+    return signature_schema(build_cub_stream)
+
+
+def _cub_check(**cfg) -> None:
+    from continual.stream.cub import check_cub_settings
+
+    keys = ("n_experiences", "n_heldout", "image_size", "workers")
+    check_cub_settings(**{k: cfg[k] for k in keys if k in cfg})  # no file is read
+
+
+_cub.config_schema = _cub_schema
+_cub.check_config = _cub_check
+
+
+@BENCHMARKS.register("gbu")
+def _gbu(**cfg) -> Stream:
+    from continual.stream.gbu import build_gbu_stream
+
+    return build_gbu_stream(**cfg)
+
+
+def _gbu_schema() -> dict:
+    from continual.config import signature_schema
+    from continual.stream.gbu import build_gbu_stream
+
+    return signature_schema(build_gbu_stream)
+
+
+def _gbu_check(**cfg) -> None:
+    from continual.stream.gbu import check_gbu_settings
+
+    check_gbu_settings(**{k: v for k, v in cfg.items() if k not in ("data_root", "seed")})  # no file is read
+
+
+_gbu.config_schema = _gbu_schema
+_gbu.check_config = _gbu_check
 
 
 def build_stream(cfg: dict) -> Stream:

@@ -305,6 +305,14 @@ def store_stream(stream: Stream, data: dict | None, device: torch.device, direct
     storage, why = choose_storage(data, nbytes, device)
     if storage == "memory":
         return stream
+    if stream.train_x.dtype != torch.uint8:  # feature vectors (GBU): the disk path stores uint8 images only
+        if (data or {}).get("storage") == "disk":
+            raise ValueError(f"data.storage=disk keeps uint8 images on disk; stream {stream.name!r} holds "
+                             f"{stream.train_x.dtype} inputs of shape {tuple(stream.train_x.shape[1:])} "
+                             f"(feature vectors): use data.storage=memory")
+        print_fn(f"{why}, but stream {stream.name!r} holds {stream.train_x.dtype} feature vectors, which stay in "
+                 f"memory (the disk path stores uint8 images only)")
+        return stream
     directory = directory or os.environ.get("CONTINUAL_CACHE", DEFAULT_DIR)
     stream = replace(stream, train_x=to_disk(stream.train_x, directory), test_x=to_disk(stream.test_x, directory))
     print_fn(f"images on disk ({why}): {stream.train_x.path}, {stream.test_x.path}")

@@ -63,6 +63,9 @@ class Stream:
     # (Omniglot's stroke count): side information for training only; test images use class_codes.
     train_codes: torch.Tensor | None = None
     novel: NovelImages | None = None  # whole held-out domains, outside the stream's labels
+    # When train_codes are noisy tags (continual.stream.tags; -1: untagged): the settings and the shares
+    # drawn, for report.json's ``tags``. None for clean codes.
+    tags: dict | None = None
 
     @property
     def n_classes(self) -> int:

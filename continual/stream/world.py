@@ -12,6 +12,7 @@ from continual.stream.cache import cached_render
 from continual.stream.render import RenderSettings
 from continual.stream.split import SplitSettings, draw_split, one_attribute_pairs
 from continual.stream.stream import Stream
+from continual.stream.tags import TagSettings, apply_tags, tag_settings_from_dict
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class WorldSettings:
     split: SplitSettings = SplitSettings()
     render: RenderSettings = RenderSettings()
     cache_dir: str | None = None
+    tags: TagSettings = TagSettings()  # attribute supervision as noisy tags (continual/stream/tags.py)
 
 
 def build_world_stream(settings: WorldSettings, space: AttributeSpace = WORLD_ATTRIBUTES) -> Stream:
@@ -36,6 +38,9 @@ def build_world_stream(settings: WorldSettings, space: AttributeSpace = WORLD_AT
     test_x = cached_render(split.codes[test_labels], 2 * seed + 1, settings.render, cache)
     names = [space.describe(c) for c in split.codes.tolist()]
     pairs = one_attribute_pairs(split.codes, list(range(n_stream)))
+    # Training images carry tags, not clean codes, when benchmark.tags says so (clean by default: None).
+    train_codes, tags = apply_tags(split.codes[train_labels], train_labels, split.codes, space.sizes,
+                                   settings.tags, seed)
     return Stream(
         name="world",
         train_x=train_x,
@@ -49,6 +54,8 @@ def build_world_stream(settings: WorldSettings, space: AttributeSpace = WORLD_AT
         attribute_space=space,
         class_codes=split.codes,
         fine_grained_pairs=pairs,
+        train_codes=train_codes,
+        tags=tags,
     )
 
 
@@ -58,15 +65,16 @@ def world_settings_from_dict(cfg: dict) -> WorldSettings:
     cfg.pop("name", None)
     render_cfg = dict(cfg.pop("render", {}) or {})
     cache_dir = cfg.pop("cache_dir", None)
+    tags = tag_settings_from_dict(cfg.pop("tags", None))  # raises naming benchmark.tags.<key>
     split_keys = {f.name for f in fields(SplitSettings)}
     render_keys = {f.name for f in fields(RenderSettings)}
     for key in cfg:
         if key not in split_keys:
-            raise ValueError(f"unknown config key benchmark.{key}; known: {sorted(split_keys | {'render', 'cache_dir'})}")
+            raise ValueError(f"unknown config key benchmark.{key}; known: {sorted(split_keys | {'render', 'cache_dir', 'tags'})}")
     for key in render_keys.symmetric_difference(render_keys | set(render_cfg)):
         raise ValueError(f"unknown config key benchmark.render.{key}; known: {sorted(render_keys)}")
     try:
         render = RenderSettings(**render_cfg)
     except ValueError as err:  # name the config key, not the dataclass
         raise ValueError(f"config key benchmark.render: {err}") from None
-    return WorldSettings(SplitSettings(**cfg), render, cache_dir)
+    return WorldSettings(SplitSettings(**cfg), render, cache_dir, tags)
