@@ -18,7 +18,7 @@ TOP_LEVEL: dict[str, Any] = {
     "seed": int, "device": str, "progress": bool, "threads": int,
     "train": {"epochs": int, "batch_size": int, "min_steps": int, "checkpoint_every": int},
     "online": {"mode": str, "disjoint_share": float, "blurry_share": float, "n_segments": int | None, "updates": int},
-    "eval": {"batch_size": int, "every": int | str, "subsample": int, "learning_speed": bool, "anytime": {"every": int | str},
+    "eval": {"batch_size": int, "every": int | str, "subsample": int, "learning_speed": bool, "zero_shot": str, "anytime": {"every": int | str},
              "few_shot": {"n_way": int, "shots": list, "n_query": int, "episodes": int, "every_experience": bool},
              "new_domain": {"one_shot_trials": int, "one_shot_way": int, "one_at_a_time": bool,
                             "train_per_category": int, "test_per_category": int, "step_images": int,
@@ -31,7 +31,7 @@ TOP_LEVEL: dict[str, Any] = {
     "benchmark": dict, "learner": dict,
 }
 # Arguments the experiment passes to every learner itself; not config keys.
-LEARNER_INJECTED = {"n_classes", "image_shape", "class_attributes", "attribute_blocks", "memory", "online"}
+LEARNER_INJECTED = {"n_classes", "image_shape", "class_attributes", "attribute_blocks", "memory", "online", "nuisances"}
 
 
 class ConfigError(ValueError):
@@ -139,6 +139,9 @@ def validate_config(cfg: dict) -> None:
         value = section.get(key.rsplit(".", 1)[-1], "auto")
         if value != "auto" and (isinstance(value, str) or value < low):
             raise ConfigError(f"config key eval.{key} must be an int >= {low} or 'auto', got {value!r}")
+    zero_shot = cfg["eval"].get("zero_shot", "attributes")
+    if zero_shot not in ("descriptions", "attributes"):  # evaluate.ZERO_SHOT_BY
+        raise ConfigError(f"config key eval.zero_shot must be 'descriptions' or 'attributes', got {zero_shot!r}")
     from continual.memory.budget import check_memory_config
 
     check_memory_config(cfg.get("memory"))  # memory.size (images) or memory.budget (bytes), not both

@@ -150,6 +150,13 @@ def build_learner(cfg: dict, stream, device: torch.device, dist: DistContext = S
     if online and "online" in inspect.signature(LEARNERS.get(name)).parameters:
         learner_cfg["online"] = True
 
+    # Transforms that change one attribute of an image and nothing else (AttributeSpace.nuisances), for
+    # learners that vary them (continual.learner.nuisance), by attribute index.
+    if stream.has_attributes and "nuisances" in inspect.signature(LEARNERS.get(name)).parameters:
+        names = list(stream.attribute_space.names)
+        learner_cfg["nuisances"] = tuple((t, tuple(names.index(a) for a in changed))
+                                         for t, changed in stream.attribute_space.nuisances)
+
     def build(capacity: int, on: torch.device) -> Learner:
         # The memory keeps what the stream holds: uint8 images or float features, long or float (continuous) codes.
         codes = (stream.train_codes if stream.train_codes is not None else stream.class_codes) if stream.has_attributes else None
@@ -308,7 +315,8 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
                           few_shot=ev_cfg.get("few_shot"), new_domain=ev_cfg.get("new_domain"),
                           progress=bool(cfg.get("progress", True)) and dist.is_main, print_fn=print_fn, dist=dist,
                           calibration=None if calibration is None else Calibrator(
-                              calibration, stream, seed, validation, int(ev_cfg["batch_size"])))
+                              calibration, stream, seed, validation, int(ev_cfg["batch_size"])),
+                          zero_shot=str(ev_cfg.get("zero_shot", "attributes")))
         card.timing["wall_s"] = time.perf_counter() - t_start
         card.memory_bytes = memory_bytes(learner)  # this process's share in a multi-process run
         card.tags = stream.tags  # what the training images' attribute tags were (None: clean codes)

@@ -140,7 +140,7 @@ class _Run:
                  eval_subset: torch.Tensor | None, anytime: AnytimeProbe | None, checkpoint_every: int,
                  loggers: tuple[ExperienceLogger, ...], checkpointer: Checkpointer | None, learning_speed: bool,
                  few_shot: dict | None, new_domain: dict | None, print_fn, dist: DistContext,
-                 calibration: Calibrator | None = None) -> None:
+                 calibration: Calibrator | None = None, zero_shot: str = "attributes") -> None:
         if eval_every < 1:
             raise ValueError(f"eval.every must be >= 1 (experiences), got {eval_every}")
         if checkpoint_every < 0:
@@ -151,6 +151,7 @@ class _Run:
         self.checkpoint_every, self.loggers, self.checkpointer = checkpoint_every, loggers, checkpointer
         self.few_shot, self.new_domain, self.print = few_shot, new_domain, print_fn
         self.calibration = calibration  # calibrated GZSL: gamma chosen as experiences arrive
+        self.zero_shot = zero_shot  # how an untrained category is named (evaluate.zero_shot_scores)
         self.curve_on = learning_speed and source.told  # online streams have no experience to time k examples in
         self.result: ev.EvalPass | None = None  # the last evaluation of the test set
         T = stream.n_experiences
@@ -185,10 +186,12 @@ class _Run:
                              self.batch_size)
 
     def _descriptions(self) -> str | None:
-        """What an evaluation scores descriptions with for calibrated GZSL (None: calibration off)."""
-        if self.calibration is None or self.calibration.settings.scores == "attributes":
-            return None  # attributes: scored from the attribute log-likelihood the pass keeps anyway
-        return self.calibration.settings.scores
+        """The anchors an evaluation maps descriptions to (``Learner.description_scores``), for calibrated GZSL
+        and zero-shot by descriptions: the calibration's (prototypes or rows), else prototypes; None when
+        neither asks."""
+        if self.calibration is not None and self.calibration.settings.scores != "attributes":
+            return self.calibration.settings.scores
+        return "prototypes" if self.zero_shot == "descriptions" else None
 
     def begin(self, event: Begin) -> None:
         """An experience arrives, not trained on yet: calibrated GZSL chooses its gamma from it (timed as evaluation)."""
@@ -227,8 +230,8 @@ class _Run:
             n_seen = sum(len(c) for c in stream.experiences[: e + 1])
             self.result = self.evaluate(ev.evaluate_pass, self.learner, stream, n_seen, self.batch_size,
                                         None if e == T - 1 else self.subset, self._descriptions())
-            state.R[e] = ev.accuracy_row(self.result, stream, e)
-            zs = ev.zero_shot_accuracy(self.result, stream)
+            state.R[e] = ev.accuracy_row(self.result, stream, e, self.zero_shot)
+            zs = ev.zero_shot_accuracy(self.result, stream, self.zero_shot)
             state.czsl += [None] * (e - len(state.czsl))  # experiences not evaluated
             state.czsl.append(ev.generalised_zero_shot(self.result, stream, ev.unseen_after(stream, e)))
             if self.calibration is not None:
@@ -269,7 +272,7 @@ class _Run:
         t_eval = time.perf_counter()
         card = ReportCard.from_matrix(
             state.R, state.baseline,
-            zero_shot=ev.zero_shot_accuracy(result, stream),
+            zero_shot=ev.zero_shot_accuracy(result, stream, self.zero_shot),
             gzsl=_with_czsl(ev.generalised_zero_shot(result, stream), ev.continual_zero_shot(state.czsl)),
             attribute_accuracy=ev.attribute_accuracy(result, stream),
             fine_grained=ev.fine_grained_accuracy(result, stream),
@@ -305,7 +308,7 @@ def run_stream(learner: Learner, stream, source, *, seed: int, eval_batch_size: 
                loggers: tuple[ExperienceLogger, ...] = (), checkpointer: Checkpointer | None = None,
                learning_speed: bool = True, few_shot: dict | None = None, new_domain: dict | None = None,
                progress: bool = True, print_fn=print, dist: DistContext = SINGLE,
-               calibration: Calibrator | None = None) -> ReportCard:
+               calibration: Calibrator | None = None, zero_shot: str = "attributes") -> ReportCard:
     """Train ``learner`` on ``source`` (an experience or online stream over ``stream``) and return the report card.
 
     After every ``eval_every``-th experience (online: hidden segment) and the last, the test images of
@@ -316,12 +319,14 @@ def run_stream(learner: Learner, stream, source, *, seed: int, eval_batch_size: 
     numbers an uninterrupted run would have given. ``new_domain`` (the ``eval.new_domain`` settings)
     runs the protocols of ``continual.metrics.novel`` at the end when the stream has a never-trained
     domain (``stream.novel``). ``calibration`` adds calibrated GZSL (``continual.metrics.calibration``): gamma
-    chosen as each experience arrives, the report's ``gzsl_calibrated`` and ``czsl_calibrated``.
+    chosen as each experience arrives, the report's ``gzsl_calibrated`` and ``czsl_calibrated``. ``zero_shot``
+    (``eval.zero_shot``) names untrained categories by ``descriptions`` or ``attributes``
+    (``evaluate.zero_shot_scores``): the report's zero-shot and the accuracy matrix above its diagonal.
     """
     run = _Run(learner, stream, source, seed=seed, eval_batch_size=eval_batch_size, eval_every=eval_every,
                eval_subset=eval_subset, anytime=anytime, checkpoint_every=checkpoint_every, loggers=loggers,
                checkpointer=checkpointer, learning_speed=learning_speed, few_shot=few_shot, new_domain=new_domain,
-               print_fn=print_fn, dist=dist, calibration=calibration)
+               print_fn=print_fn, dist=dist, calibration=calibration, zero_shot=zero_shot)
     bar = tqdm(total=source.n_steps(), initial=run.train.steps, desc="training", unit="step",
                disable=not progress, leave=False)
     for event in _timed(train_on(source, learner, run.train, dist), run.state):

@@ -23,11 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from continual.config import ConfigError
 from continual.heads import AttributeHead, FastBinding
 from continual.heads.binding import rows_from_descriptions
 from continual.heads.tag_votes import TagVotes
 from continual.learner.base import LEARNERS, Scores
 from continual.learner.augment import RandomAffine
+from continual.learner.nuisance import NuisanceVariation, check_transforms
 from continual.learner.common import ClassifierLearner, make_optimizer, with_replay
 from continual.memory import ClassBalancedReservoir
 
@@ -51,7 +53,8 @@ class ChildLearner(ClassifierLearner):
                  head: str = "cosine", cosine_scale: float = 16.0, bind: bool = True, bind_window: int = 10,
                  bind_protect: bool = True, augment: bool = False, augment_args: dict | None = None,
                  description_weight: float = 0.25, logit_adjustment: float = 1.0, prior_steps: int | str = "auto",
-                 descriptions: str = "given", attribute_targets: str = "tags",
+                 descriptions: str = "given", attribute_targets: str = "tags", nuisance_variation: int = 32,
+                 nuisance_transforms: list[str] | None = None, nuisances: tuple[tuple[str, tuple[int, ...]], ...] = (),
                  optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  amp: bool = True, channels_last: bool = False, compile: bool = False, online: bool = False) -> None:
         if prior_steps == "auto":
@@ -94,6 +97,10 @@ class ChildLearner(ClassifierLearner):
         voting = descriptions == "tags" or attribute_targets == "votes"
         self.tag_votes = TagVotes(n_classes, attribute_blocks) if voting and self.has_attributes else None
         self.descriptions = descriptions
+        # Copies of each step's new images with a nuisance varied (continual.learner.nuisance): evidence that
+        # the other attributes stay when one changes. ``nuisances`` come from the stream's attribute space.
+        variation = NuisanceVariation(nuisances if self.has_attributes else (), nuisance_variation, nuisance_transforms)
+        self.variation = variation if variation.active else None
         self.memory = memory
         self.replay_batch_size = replay_batch_size
         self.binding = FastBinding(dim, n_classes, bind_window, description_weight) if bind else None
@@ -113,6 +120,15 @@ class ChildLearner(ClassifierLearner):
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay the eager model's.
             self.backbone.compile()
         self.reset_optimizer()  # again, now that the attribute head's parameters exist
+
+    @staticmethod
+    def check_config(nuisance_transforms: list[str] | None = None, **cfg) -> None:
+        """The backbone's check, and ``learner.nuisance_transforms`` names registered transforms."""
+        ClassifierLearner.check_config(**cfg)
+        try:
+            check_transforms(nuisance_transforms)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def begin_experience(self, experience: int, new_classes: list[int]) -> None:
         self.check_next_labels(f"experience {experience}", new_classes)
@@ -152,8 +168,14 @@ class ChildLearner(ClassifierLearner):
                 codes = self.tag_votes.targets(y)  # (B, A) what is said of each image's category
         self.last_batch_size = len(y)
         x_train = self.augment(x) if self.augment is not None else x  # binding sees the real images
+        n_var = 0
+        if self.variation is not None and codes is not None:
+            x_var, codes_var = self.variation(x_train, codes, n_new)
+            n_var = len(x_var)
+            x_train = torch.cat([x_train, x_var])  # one forward (DDP counts one per step)
         with self._autocast(x.device):
-            z = self.train_forward(self._embed, x_train)  # (B, D)
+            z_all = self.train_forward(self._embed, x_train)  # (B + n_var, D)
+            z = z_all[: len(y)]
             z_class = z
             if self.binding is not None and self.binding.live:  # rows inside their window: written, then refined
                 self.binding.observe(self._eval_embed(x[:n_new]), y[:n_new])
@@ -170,6 +192,8 @@ class ChildLearner(ClassifierLearner):
                 logits = logits + self.logit_adjustment * self._log_prior(y, logits.shape[1])
             loss = F.cross_entropy(logits, y)
             if self.has_attributes and codes is not None:  # no codes: categories met without a description
+                if n_var:  # the varied copies train the attribute heads only (module docstring of nuisance.py)
+                    z, codes = z_all, torch.cat([codes, codes_var])
                 loss = loss + self.attribute_weight * self.attribute_head.loss(self.attribute_head(z).float(), codes)
         loss = self.step(loss)
         if self.binding is not None:

@@ -86,30 +86,56 @@ def unseen_after(stream: Stream, experience: int) -> list[int]:
     return later + list(stream.heldout)
 
 
-def accuracy_row(ev: EvalPass, stream: Stream, experience: int) -> list[float]:
+ZERO_SHOT_BY = ("descriptions", "attributes")  # eval.zero_shot: how an untrained category is named (zero_shot_scores)
+
+
+def zero_shot_scores(ev: EvalPass, by: str = "attributes") -> tuple[torch.Tensor | None, str]:
+    """``(M, C)`` scores that name a category never trained on, and what they are: ``descriptions``, the
+    learner's map from descriptions to where images lie (``Learner.description_scores``, in the pass when
+    asked for) where it has one, else ``attributes``, the attribute compatibility (log-likelihood, DAP).
+
+    Why descriptions by default: attribute compatibility multiplies per-attribute guesses, and a wrong
+    guess on one attribute (shape, the weakest head) names the wrong category; the map places a
+    described category among the trained categories' images by everything the embedding knows. On the
+    default world (seeds 0-4): 84% against 62% of the held-out categories named right (issue 11)."""
+    if by not in ZERO_SHOT_BY:
+        raise ValueError(f"eval.zero_shot must be one of {', '.join(ZERO_SHOT_BY)}, got {by!r}")
+    if by == "descriptions" and ev.description_scores is not None:
+        return ev.description_scores, "descriptions"
+    return ev.log_likelihood, "attributes"
+
+
+def accuracy_row(ev: EvalPass, stream: Stream, experience: int, by: str = "attributes") -> list[float]:
     """``R[experience, j]`` for every j: class-incremental accuracy for trained experiences,
-    zero-shot accuracy (among all untrained categories) for later ones, NaN without attributes."""
+    zero-shot accuracy (among all untrained categories, named ``by`` what ``zero_shot_scores`` says)
+    for later ones, NaN without attributes."""
     y = ev.y
+    unnamed, _ = zero_shot_scores(ev, by)
     row = []
     for j, classes in enumerate(stream.experiences):
         idx = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
         if j <= experience:
             row.append(mean_per_class_accuracy(ev.class_logits[idx].argmax(1), y[idx]))
-        elif ev.log_likelihood is not None:
-            row.append(_restricted_accuracy(ev.log_likelihood[idx], y[idx], unseen_after(stream, experience)))
+        elif unnamed is not None:
+            row.append(_restricted_accuracy(unnamed[idx], y[idx], unseen_after(stream, experience)))
         else:
             row.append(float("nan"))
     return row
 
 
-def zero_shot_accuracy(ev: EvalPass, stream: Stream) -> dict | None:
-    """Accuracy on held-out categories choosing only among held-out categories, with chance."""
-    if ev.log_likelihood is None or not stream.heldout:
+def zero_shot_accuracy(ev: EvalPass, stream: Stream, by: str = "attributes") -> dict | None:
+    """Accuracy on held-out categories choosing only among held-out categories, with chance: ``accuracy``
+    named ``by`` what ``zero_shot_scores`` says (``by`` in the dict: what was used), and both scorers'
+    accuracies side by side (``attributes``; ``descriptions``, None where the pass has no such scores)."""
+    scores, used = zero_shot_scores(ev, by)
+    if scores is None or not stream.heldout:
         return None
     y = ev.y
     idx = torch.isin(y, torch.tensor(stream.heldout)).nonzero().squeeze(1)
-    acc = _restricted_accuracy(ev.log_likelihood[idx], y[idx], stream.heldout)
-    return {"accuracy": acc, "chance": 1.0 / len(stream.heldout), "n_categories": len(stream.heldout)}
+    each = {name: None if s is None else _restricted_accuracy(s[idx], y[idx], stream.heldout)
+            for name, s in (("attributes", ev.log_likelihood), ("descriptions", ev.description_scores))}
+    return {"accuracy": each[used], "chance": 1.0 / len(stream.heldout), "n_categories": len(stream.heldout),
+            "by": used, **each}
 
 
 def generalised_zero_shot(ev: EvalPass, stream: Stream, unseen: list[int] | None = None) -> dict | None:

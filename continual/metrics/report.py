@@ -242,7 +242,9 @@ class ReportCard:
     bwt: float | None = None
     fwt: float | None = None
     fwt_baseline: list[float | None] | None = None
-    zero_shot: dict | None = None  # {"accuracy", "chance", "n_categories"}
+    # {"accuracy", "chance", "n_categories", "by" (what named them: descriptions | attributes), and each
+    # scorer's accuracy: "attributes", "descriptions" (None without a map); eval.zero_shot}
+    zero_shot: dict | None = None
     # {"seen", "unseen", "harmonic", "auc" (area under the seen-unseen curve)}; with the continual means over
     # experiences (every later category unseen): "mSA", "mUA", "mH", "mAUSUC", "mJA", "n", "per_experience"
     gzsl: dict | None = None
@@ -407,8 +409,9 @@ def format_report(card: ReportCard) -> str:
                "column e_j = tested on experience j")
     out += ["  " + line for line in _matrix_lines(M, REPORT_WIDTH - 2)]
     if np.isfinite(M[np.triu_indices(T, k=1)]).any():  # a legend only when a '*' is shown
-        out.append("  * zero-shot (not yet trained on e_j: named from its attribute description); "
-                   "blank = not measured")
+        by = (card.zero_shot or {}).get("by", "attributes")
+        named = "mapped from its description" if by == "descriptions" else "by attribute compatibility"
+        out.append(f"  * zero-shot (not yet trained on e_j: named {named}); blank = not measured")
     out.append("")
 
     def row(name: str, value: str) -> None:
@@ -440,6 +443,8 @@ def format_report(card: ReportCard) -> str:
             details.append(f"chance {_pct(chance)}, {zs_acc / chance:.1f}x chance")
         if zs.get("n_categories"):
             details.append(f"{zs['n_categories']} categories")
+        if zs.get("by") == "descriptions" and zs.get("attributes") is not None:
+            details.append(f"by descriptions; by attributes {_pct(zs['attributes'])}")
         row("zero-shot accuracy", text + (f"  ({'; '.join(details)})" if details else ""))
 
     g = card.gzsl or {}

@@ -60,6 +60,9 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     _M("bwt", "BWT (pts)", "BWT", "bwt", "pts"),
     _M("fwt", "FWT (pts)", "FWT", "fwt", "pts"),
     _M("zero_shot", "zero-shot (%)", "zero-shot", "zero_shot.accuracy"),
+    # Both scorers of held-out categories side by side (eval.zero_shot says which is zero_shot.accuracy).
+    _M("zero_shot_attr", "zero-shot by attributes (%)", "ZS attr.", "zero_shot.attributes"),
+    _M("zero_shot_desc", "zero-shot by descriptions (%)", "ZS desc.", "zero_shot.descriptions"),
     _M("gzsl_h", "GZSL H (%)", r"GZSL $H$", "gzsl.harmonic"),
     _M("gzsl_seen", "GZSL seen (%)", r"GZSL $s$", "gzsl.seen"),
     _M("gzsl_unseen", "GZSL unseen (%)", r"GZSL $u$", "gzsl.unseen"),
@@ -116,7 +119,7 @@ _NOT_DEFAULT = {"long_tail_tail", "long_tail_head", "long_tail_medium", "tail_he
                 "czsl_mSA", "czsl_mUA", "czsl_mH", "czsl_mAUSUC", "czsl_mJA",
                 "gzsl_cal_h", "gzsl_cal_seen", "gzsl_cal_unseen", "gzsl_cal_auc", "gzsl_gamma",
                 "czsl_cal_mSA", "czsl_cal_mUA", "czsl_cal_mH", "czsl_cal_mAUSUC",
-                "memory_mb"}
+                "memory_mb", "zero_shot_attr", "zero_shot_desc"}
 DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in _NOT_DEFAULT)
 
 

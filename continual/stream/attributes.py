@@ -142,4 +142,6 @@ class AttributeSpace:
 
 # The world renders a colour from a palette onto an object; permuting the image's RGB channels gives
 # the same object (shape, pattern, size) in another colour (or the same, for white).
-WORLD_ATTRIBUTES = AttributeSpace(nuisances=(("channel_permute", ("colour",)),))
+# Permuting an image's colour channels changes its object's colour only; closing it (continual.learner.nuisance)
+# fills the pattern's thin dark marks and keeps the outline: the pattern changes, not the shape or size.
+WORLD_ATTRIBUTES = AttributeSpace(nuisances=(("channel_permute", ("colour",)), ("erase_texture", ("pattern",))))
