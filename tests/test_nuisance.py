@@ -148,6 +148,9 @@ def test_build_learner_takes_the_nuisances_from_the_worlds_attribute_space(tmp_p
     stream = build_stream(cfg["benchmark"])
     learner = build_learner(cfg, stream, torch.device("cpu"))
     assert learner.variation is not None and learner.variation.per_step == 32
+    assert [changed for _, changed in learner.variation.transforms] == [(COLOUR,)]  # the default: colour only
+    cfg = compose_config(TINY + ["learner.nuisance_transforms=null"], tmp_path / "cache")
+    learner = build_learner(cfg, stream, torch.device("cpu"))
     assert [changed for _, changed in learner.variation.transforms] == [(COLOUR,), (PATTERN,)]
     cfg_off = compose_config(TINY + ["learner.nuisance_variation=0"], tmp_path / "cache")
     assert build_learner(cfg_off, stream, torch.device("cpu")).variation is None
