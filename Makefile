@@ -35,7 +35,7 @@ one-look: setup
 # one_look sweeps add 78 runs, the two online sweeps 30, the noisy-tags sweep 72 (about two hours); finished
 # runs are kept, so an interrupted call picks up where it stopped). The Omniglot sweeps need ../shared/data/omniglot.
 paper-results: setup
-	for e in ablation init_ablation baselines scaling scaling_diversity; do \
+	for e in ablation init_ablation baselines scaling scaling_diversity gzsl; do \
 	  .venv/bin/python experiments/train.py -m experiment=$$e hydra.sweep.dir=$(RESULTS)/$$e || exit 1; done
 	.venv/bin/python experiments/train.py -m experiment=omniglot seed=0,1,2 progress=false threads=1 \
 	  hydra/launcher=parallel hydra.sweep.dir=$(RESULTS)/omniglot
