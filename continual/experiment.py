@@ -28,6 +28,7 @@ from continual.checkpoint import Checkpointer
 from continual.config import validate_config
 from continual.distributed import SINGLE, DistContext
 from continual.learner import LEARNERS, Learner
+from continual.learner.common import check_backbone_inputs
 from continual.logging.run_folder import (RunFolderError, RunFolderLock, git_revision, prepare_run_dir,
                                          source_digest, write_text_atomic)
 from continual.loop import run_stream
@@ -278,6 +279,8 @@ def _run_locked(cfg: dict, run_dir: Path, print_fn, dist: DistContext, t_start: 
     # Built before anything is written: missing or malformed data leave the run folder as it was.
     stream = store_stream(build_stream(cfg["benchmark"]), cfg.get("data"), device, cfg["benchmark"].get("cache_dir"),
                           print_fn)
+    if "backbone" in cfg["learner"]:  # a backbone that cannot read these inputs fails now, not after the claim
+        check_backbone_inputs(str(cfg["learner"]["backbone"]), tuple(stream.image_shape))
     dist.main_first(lambda: _claim_run_dir(cfg, run_dir))
     if dist.is_main:
         package = Path(__file__).parent

@@ -340,6 +340,7 @@ def test_feature_streams_refuse_image_only_settings(gbu, tmp_path):
     base = ["experiment=czsl_cub", f"benchmark.data_root={root}", *FAST]
     with pytest.raises(ValueError, match=r"learner\.backbone=small_cnn reads images.*use learner\.backbone=mlp"):
         run_experiment(compose_config([*base, "learner.backbone=small_cnn"]), tmp_path / "a")
+    assert not (tmp_path / "a" / "config.json").exists()  # refused before the run folder was claimed
     with pytest.raises(ValueError, match=r"learner\.augment distorts images"):
         run_experiment(compose_config([*base, "learner.augment=true"]), tmp_path / "b")
     with pytest.raises(ValueError, match=r"data\.storage=disk keeps uint8 images"):

@@ -3,6 +3,9 @@ SUN, AwA2, aPY), any Avalanche benchmark. Registered by name."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 from continual.registry import Registry
 from continual.stream.online import OnlineSettings, online_order
 from continual.stream.stream import Stream
@@ -39,103 +42,40 @@ _world.config_schema = _world_schema
 _world.check_config = _world_check  # impossible values fail before the run folder is touched
 
 
-@BENCHMARKS.register("omniglot")
-def _omniglot(**cfg) -> Stream:
-    from continual.stream.omniglot import omniglot_stream_from_dict
+def _register_lazy(name: str, module: str, build: str, schema_from: str, check: str, from_dict: bool = False) -> None:
+    """Register benchmark ``name`` whose module (``continual.<module>``) is imported only when it is used: the
+    stream from its function ``build`` (given the config dict when ``from_dict``, else its keys as keywords),
+    the config schema read from the signature of ``schema_from``, and the config-time ``check`` (reads no
+    data), given the keys its signature takes (all of them when it takes ``**kwargs``)."""
 
-    return omniglot_stream_from_dict(cfg)
+    def function(attr: str):
+        return getattr(importlib.import_module(f"continual.{module}"), attr)
 
+    def factory(**cfg) -> Stream:
+        return function(build)(cfg) if from_dict else function(build)(**cfg)
 
-def _omniglot_schema() -> dict:
-    from continual.config import signature_schema
-    from continual.stream.omniglot import build_omniglot_stream
+    def config_schema() -> dict:
+        from continual.config import signature_schema
 
-    return signature_schema(build_omniglot_stream)
+        return signature_schema(function(schema_from))
 
+    def check_config(**cfg) -> None:
+        fn = function(check)
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            cfg = {k: v for k, v in cfg.items() if k in params}
+        fn(**cfg)
 
-def _omniglot_check(**cfg) -> None:
-    from continual.stream.omniglot import check_omniglot_settings
-
-    keys = ("n_experiences", "train_drawers", "heldout_per_alphabet", "image_size", "heldout_alphabets",
-            "alphabet_fold")
-    check_omniglot_settings(**{k: cfg[k] for k in keys if k in cfg})  # no file is read
-
-
-_omniglot.config_schema = _omniglot_schema
-_omniglot.check_config = _omniglot_check
-
-
-@BENCHMARKS.register("avalanche")
-def _avalanche(**cfg) -> Stream:
-    from continual.avalanche_compat import avalanche_stream
-
-    return avalanche_stream(**cfg)
+    factory.config_schema, factory.check_config = config_schema, check_config
+    BENCHMARKS.register(name)(factory)
 
 
-def _avalanche_schema() -> dict:
-    from continual.avalanche_compat import avalanche_stream
-    from continual.config import signature_schema
-
-    return signature_schema(avalanche_stream)
-
-
-def _avalanche_check(**cfg) -> None:
-    from continual.avalanche_compat import check_avalanche_settings
-
-    check_avalanche_settings(**cfg)  # imports Avalanche (~7 s) to check the name and arguments; reads no data
-
-
-_avalanche.config_schema = _avalanche_schema
-_avalanche.check_config = _avalanche_check
-
-
-@BENCHMARKS.register("cub")
-def _cub(**cfg) -> Stream:
-    from continual.stream.cub import cub_stream_from_dict
-
-    return cub_stream_from_dict(cfg)
-
-
-def _cub_schema() -> dict:
-    from continual.config import signature_schema
-    from continual.stream.cub import build_cub_stream
-
-    return signature_schema(build_cub_stream)
-
-
-def _cub_check(**cfg) -> None:
-    from continual.stream.cub import check_cub_settings
-
-    keys = ("n_experiences", "n_heldout", "image_size", "workers")
-    check_cub_settings(**{k: cfg[k] for k in keys if k in cfg})  # no file is read
-
-
-_cub.config_schema = _cub_schema
-_cub.check_config = _cub_check
-
-
-@BENCHMARKS.register("gbu")
-def _gbu(**cfg) -> Stream:
-    from continual.stream.gbu import build_gbu_stream
-
-    return build_gbu_stream(**cfg)
-
-
-def _gbu_schema() -> dict:
-    from continual.config import signature_schema
-    from continual.stream.gbu import build_gbu_stream
-
-    return signature_schema(build_gbu_stream)
-
-
-def _gbu_check(**cfg) -> None:
-    from continual.stream.gbu import check_gbu_settings
-
-    check_gbu_settings(**{k: v for k, v in cfg.items() if k not in ("data_root", "seed")})  # no file is read
-
-
-_gbu.config_schema = _gbu_schema
-_gbu.check_config = _gbu_check
+_register_lazy("omniglot", "stream.omniglot", "omniglot_stream_from_dict", "build_omniglot_stream",
+               "check_omniglot_settings", from_dict=True)
+# Checking an Avalanche config imports Avalanche (~7 s) to check the name and arguments; it reads no data.
+_register_lazy("avalanche", "avalanche_compat", "avalanche_stream", "avalanche_stream", "check_avalanche_settings")
+_register_lazy("cub", "stream.cub", "cub_stream_from_dict", "build_cub_stream", "check_cub_settings", from_dict=True)
+_register_lazy("gbu", "stream.gbu", "build_gbu_stream", "build_gbu_stream", "check_gbu_settings")
 
 
 def build_stream(cfg: dict) -> Stream:

@@ -50,7 +50,7 @@ from PIL import Image
 from continual.stream.attributes import AttributeSpace
 from continual.stream.cache import atomic_torch_save
 from continual.stream.omniglot import REPO_ROOT, resolve_data_root  # relative data roots: cwd, then the repo
-from continual.stream.stream import Stream
+from continual.stream.stream import Stream, data_stream_kwargs
 
 SOURCE = "CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ (unpacked)"
 # Bump when decoding or resizing changes, so that old cache files are not read back.
@@ -356,14 +356,7 @@ CUB_KEYS = ("data_root", "n_experiences", "n_heldout", "image_size", "seed", "sh
 
 def cub_stream_from_dict(cfg: dict) -> Stream:
     """Build the stream from a plain ``benchmark`` config dict, naming any unknown key."""
-    cfg = dict(cfg)
-    cfg.pop("name", None)
-    for key in cfg:
-        if key not in CUB_KEYS:
-            raise ValueError(f"unknown config key benchmark.{key}; known: {sorted(CUB_KEYS)}")
-    if "data_root" not in cfg:
-        raise ValueError("config key benchmark.data_root is missing (the CUB_200_2011 folder)")
-    return build_cub_stream(**cfg)
+    return build_cub_stream(**data_stream_kwargs(cfg, CUB_KEYS, "the CUB_200_2011 folder"))
 
 
 __all__ = ["CubData", "CubFormatError", "build_cub_stream", "check_cub_settings", "cub_stream_from_dict",

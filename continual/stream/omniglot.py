@@ -41,7 +41,7 @@ from PIL import Image
 
 from continual.stream.attributes import AttributeSpace
 from continual.stream.cache import atomic_torch_save
-from continual.stream.stream import NovelImages, Stream
+from continual.stream.stream import NovelImages, Stream, data_stream_kwargs
 
 # The digests published with the data (its README); the archives never change upstream.
 EXPECTED_SHA256 = {
@@ -598,14 +598,7 @@ OMNIGLOT_KEYS = ("data_root", "n_experiences", "train_drawers", "heldout_per_alp
 
 def omniglot_stream_from_dict(cfg: dict) -> Stream:
     """Build the stream from a plain ``benchmark`` config dict, naming any unknown key."""
-    cfg = dict(cfg)
-    cfg.pop("name", None)
-    for key in cfg:
-        if key not in OMNIGLOT_KEYS:
-            raise ValueError(f"unknown config key benchmark.{key}; known: {sorted(OMNIGLOT_KEYS)}")
-    if "data_root" not in cfg:
-        raise ValueError("config key benchmark.data_root is missing (the folder with the Omniglot archives)")
-    return build_omniglot_stream(**cfg)
+    return build_omniglot_stream(**data_stream_kwargs(cfg, OMNIGLOT_KEYS, "the folder with the Omniglot archives"))
 
 
 __all__ = ["EXPECTED_SHA256", "EXPECTED_STROKES_SHA256", "STROKE_BUCKETS", "OmniglotData", "build_omniglot_stream",

@@ -151,3 +151,15 @@ class Stream:
         if self.novel is not None:
             self.novel = self.novel.to(device)
         return self
+
+
+def data_stream_kwargs(cfg: dict, known: tuple[str, ...], data_root_is: str) -> dict:
+    """A data set's ``benchmark`` config dict as keyword arguments: ``name`` dropped, an unknown key and a
+    missing ``data_root`` (``data_root_is`` says what folder it should be) named in a ValueError."""
+    cfg = {k: v for k, v in cfg.items() if k != "name"}
+    for key in cfg:
+        if key not in known:
+            raise ValueError(f"unknown config key benchmark.{key}; known: {sorted(known)}")
+    if "data_root" not in cfg:
+        raise ValueError(f"config key benchmark.data_root is missing ({data_root_is})")
+    return cfg
