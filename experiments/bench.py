@@ -168,6 +168,7 @@ def bench_config(args: argparse.Namespace, sizes: Sizes, backbone: str) -> dict:
         f"learner.replay_batch_size={sizes.replay_batch_size}",
         f"memory.size={sizes.memory_size}",
         f"learner.channels_last={str(args.channels_last).lower()}",
+        "learner.nuisance_variation=0",  # the plain loop's maths has no varied copies: the same work, compared
         f"seed={args.seed}",
     ] + (["learner.backbone_args.width=8", "learner.backbone_args.embed_dim=32"] if args.quick else []))
     cfg["learner"]["backbone"] = backbone
