@@ -39,7 +39,8 @@ def _diversity_sweep(root: Path, cells, seeds=(0, 1, 2)) -> list[Path]:
 
 def test_axes_by_name_key_and_product():
     assert AXES["categories"].keys == ("benchmark.n_experiences", "benchmark.categories_per_experience")
-    assert AXES["categories"].metrics == DIVERSITY_METRICS == ("zero_shot", "gzsl_h", "gzsl_auc", "attributes", "A_T")
+    assert AXES["categories"].metrics == DIVERSITY_METRICS == ("zero_shot", "gzsl_h", "gzsl_cal_h", "gzsl_auc",
+                                                               "gzsl_cal_auc", "attributes", "A_T")
     assert get_axis("images").keys == ("benchmark.train_per_category",)
     assert get_axis("benchmark.train_per_category").label == AXES["images"].label  # today's plot label
     product = get_axis("benchmark.n_experiences*benchmark.categories_per_experience")

@@ -40,7 +40,7 @@ X_KEY = "benchmark.train_per_category"
 CATEGORY_KEYS = ("benchmark.n_experiences", "benchmark.categories_per_experience")
 DEFAULT_SCALING_METRICS: tuple[str, ...] = ("A_T", "zero_shot", "few_shot_1shot")
 # Composition needs diverse combinations: what zero-shot, GZSL and the attribute heads make of more of them.
-DIVERSITY_METRICS: tuple[str, ...] = ("zero_shot", "gzsl_h", "gzsl_auc", "attributes", "A_T")
+DIVERSITY_METRICS: tuple[str, ...] = ("zero_shot", "gzsl_h", "gzsl_cal_h", "gzsl_auc", "gzsl_cal_auc", "attributes", "A_T")
 MIN_SEGMENT_VALUES = 4  # distinct n needed before a two-segment fit can say anything
 
 
