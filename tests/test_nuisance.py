@@ -195,3 +195,31 @@ def test_report_carries_both_scorers_and_the_matrix_follows_the_switch(tmp_path)
     assert d.zero_shot["attributes"] == a.zero_shot["attributes"] == a.zero_shot["accuracy"]
     assert d.zero_shot["accuracy"] == d.zero_shot["descriptions"] is not None
     assert d.average_accuracy == a.average_accuracy
+
+
+def test_memory_prototypes_are_computed_once_per_state(monkeypatch):
+    """One evaluation asks for the memory's prototypes several times; any change of weights, memory or rows
+    (a step, the memory's update, an online offer) computes them anew, so they are never stale."""
+    learner, codes = _learner(nuisance_variation=0)
+    _train(learner, codes, steps=1)
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 3] * 3)
+    learner.end_experience(0, x, y, codes[y])
+    calls = []
+    features = learner.features
+    monkeypatch.setattr(learner, "features", lambda inp: calls.append(len(inp)) or features(inp))
+    rows = learner.class_head.weight[:4].detach()
+    first = learner._memory_prototypes(4, rows)
+    assert torch.equal(learner._memory_prototypes(4, rows), first) and len(calls) == 1  # cached
+    learner._memory_prototypes(3, rows[:3])
+    assert len(calls) == 2  # other known categories: computed
+    for change in (lambda: learner.observe(x[:4], y[:4], codes[y[:4]]),
+                   lambda: learner.end_experience(0, x, y, codes[y]),
+                   lambda: learner.remember(x[:4], y[:4], y[:4], codes[y[:4]])):
+        change()
+        before = len(calls)  # a step embeds images of its own (binding)
+        after = learner._memory_prototypes(4, rows)
+        assert len(calls) == before + 1
+    learner.eval()
+    fresh = learner._compute_prototypes(4, rows)
+    assert torch.allclose(after, fresh)  # what the cache holds is what a fresh computation gives

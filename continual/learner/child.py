@@ -120,6 +120,13 @@ class ChildLearner(ClassifierLearner):
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay the eager model's.
             self.backbone.compile()
         self.reset_optimizer()  # again, now that the attribute head's parameters exist
+        # Memory prototypes are computed once per state: one evaluation asks for them several times (the test
+        # set's description scores, calibration's gap). Every method that changes weights, memory or rows
+        # bumps ``_changes`` (``_changed``), which drops them.
+        self._changes, self._prototypes = 0, None
+
+    def _changed(self) -> None:
+        self._changes += 1
 
     @staticmethod
     def check_config(nuisance_transforms: list[str] | None = None, **cfg) -> None:
@@ -131,12 +138,14 @@ class ChildLearner(ClassifierLearner):
             raise ConfigError(str(err)) from None
 
     def begin_experience(self, experience: int, new_classes: list[int]) -> None:
+        self._changed()
         self.check_next_labels(f"experience {experience}", new_classes)
         self._start_rows(new_classes)
 
     def meet(self, new_classes: list[int]) -> None:
         # Online: the same start from the description, as the label first appears; binding then
         # writes the rows from the first examples of the very batch that brings them.
+        self._changed()
         self.check_next_labels("the stream", new_classes)
         self._start_rows(new_classes)
 
@@ -157,6 +166,7 @@ class ChildLearner(ClassifierLearner):
             self.binding.reopen()
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
+        self._changed()
         self.train()
         n_new = len(y)
         x, y, codes = with_replay(self.memory, self.replay_batch_size, x, y, codes)
@@ -258,13 +268,19 @@ class ChildLearner(ClassifierLearner):
         return state
 
     def load_checkpoint_state(self, state: dict) -> None:
+        self._changed()
         super().load_checkpoint_state(state)
         if self.binding is not None and "binding_host" in state:
             self.binding.live, self.binding._steps = bool(state["binding_host"]["live"]), int(state["binding_host"]["steps"])
 
     def end_experience(self, experience: int, x: torch.Tensor, y: torch.Tensor,
                        codes: torch.Tensor | None) -> None:
+        self._changed()
         self.memory.update(x, y, codes)
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor, y_host: torch.Tensor, codes: torch.Tensor | None) -> None:
+        self._changed()
+        super().remember(x, y, y_host, codes)
 
     def _known_descriptions(self, known: int) -> torch.Tensor:
         """``(known, dim)`` descriptions of the categories trained so far (labels ``0..known-1``): the
@@ -305,7 +321,14 @@ class ChildLearner(ClassifierLearner):
     @torch.inference_mode()
     def _memory_prototypes(self, n_known: int, fallback: torch.Tensor) -> torch.Tensor:
         """``(n_known, D)`` the mean normalised embedding of each known category's memory images (eval mode),
-        ``fallback``'s row for a category the memory holds none of."""
+        ``fallback``'s row for a category the memory holds none of; computed once per state (``_changed``)."""
+        key = (self._changes, n_known, len(self.memory))
+        if self._prototypes is not None and self._prototypes[0] == key:
+            return self._prototypes[1]
+        self._prototypes = (key, self._compute_prototypes(n_known, fallback))
+        return self._prototypes[1]
+
+    def _compute_prototypes(self, n_known: int, fallback: torch.Tensor) -> torch.Tensor:
         held = self.replay_examples()
         if held is None:
             return fallback
